@@ -1,0 +1,1 @@
+"""Observation distributions: pure maths, no flax and no config."""
