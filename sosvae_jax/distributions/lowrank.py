@@ -1,0 +1,338 @@
+"""Low-rank multivariate normal N(mu, P P^T + diag(d)) in O(S R^2 + R^3).
+
+The covariance form of SOS-VAE (sosvae_tmlr2022.txt section 3): the decoder
+predicts the mean mu [S], a covariance factor P [S, R] and a positive diagonal
+d [S]. Every quantity here goes through the R x R capacitance matrix
+
+    C = I_R + W^T W,   W = diag(d)^(-1/2) P                       # [R, R]
+
+so no S x S array is ever formed:
+
+* determinant lemma: log det(P P^T + D) = sum(log d) + log det C;
+* Woodbury identity: (P P^T + D)^(-1) = D^-1 - D^-1 P C^-1 P^T D^-1.
+
+The Mahalanobis term is evaluated in the equivalent ridge form
+
+    r^T Sigma^-1 r = min_a |u - W a|^2 + |a|^2,   u = D^(-1/2) r,
+    a* = C^-1 W^T u,
+
+i.e. as |u - W a*|^2 + |a*|^2, a sum of two non-negative terms. The textbook
+form |u|^2 - b^T C^-1 b subtracts two numbers of size |u|^2 and loses all
+precision in float32 when d is tiny (d = 1e-5 in the paper) and the residual
+lies mostly in the span of P; the ridge form is stationary in a, so errors of
+the solve enter only at second order.
+
+distrax's MultivariateNormalDiagPlusLowRank is a different distribution: its
+low rank is on the scale (Sigma = S S^T with S = diag + U V^T), see
+design.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class LowRankNoise(NamedTuple):
+  """The two auxiliary noise parts of a sample (sosvae_tmlr2022.txt eq. 4).
+
+  x = mu + P omega_p + sqrt(d) * omega_d.
+  """
+
+  omega_p: Array  # [..., R]
+  omega_d: Array  # [..., S]
+
+
+def _compute_dtype(*arrays: Array) -> jnp.dtype:
+  """At least float32: Cholesky and log-determinants are not safe in bf16."""
+  dtype = jnp.result_type(*arrays)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def whitened_factor(cov_factor: Array, cov_diag: Array) -> Array:
+  """W = diag(d)^(-1/2) P.
+
+  Args:
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S], positive.
+
+  Returns:
+    W, [..., S, R].
+  """
+  return cov_factor * jax.lax.rsqrt(cov_diag)[..., None]
+
+
+def capacitance_cholesky(cov_factor: Array, cov_diag: Array) -> Array:
+  """Lower Cholesky factor of C = I_R + P^T D^-1 P.
+
+  Args:
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S].
+
+  Returns:
+    L with L L^T = C, [..., R, R].
+  """
+  w = whitened_factor(cov_factor, cov_diag)  # (..., S, R)
+  rank = cov_factor.shape[-1]
+  capacitance = jnp.eye(rank, dtype=w.dtype) + jnp.einsum(
+      '...sr,...sq->...rq', w, w)  # (..., R, R)
+  return jnp.linalg.cholesky(capacitance)
+
+
+def _log_det_from_cholesky(chol: Array, cov_diag: Array) -> Array:
+  """log det(P P^T + D) = sum log d + 2 sum log diag(L); determinant lemma."""
+  log_diag_chol = jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1))  # (..., R)
+  return jnp.sum(jnp.log(cov_diag), -1) + 2.0 * jnp.sum(log_diag_chol, -1)
+
+
+def lowrank_log_det(cov_factor: Array, cov_diag: Array) -> Array:
+  """log det(P P^T + diag(d)).
+
+  Args:
+    cov_factor: [..., S, R].
+    cov_diag: [..., S].
+
+  Returns:
+    [...].
+  """
+  chol = capacitance_cholesky(cov_factor, cov_diag)
+  return _log_det_from_cholesky(chol, cov_diag)
+
+
+def _ridge_coefficients(w: Array, u: Array, chol: Array) -> Array:
+  """a* = C^-1 W^T u, the minimiser of |u - W a|^2 + |a|^2.
+
+  Shapes: w [..., S, R], u [..., S], chol [..., R, R] -> [..., R].
+  """
+  b = jnp.einsum('...sr,...s->...r', w, u)  # (..., R)
+  solve = lambda c, v: jax.scipy.linalg.cho_solve((c, True), v)
+  # Broadcast batch dims of chol and b against each other before vmapping.
+  batch = jnp.broadcast_shapes(chol.shape[:-2], b.shape[:-1])
+  chol = jnp.broadcast_to(chol, batch + chol.shape[-2:])
+  b = jnp.broadcast_to(b, batch + b.shape[-1:])
+  flat_chol = chol.reshape((-1,) + chol.shape[-2:])
+  flat_b = b.reshape((-1, b.shape[-1]))
+  a = jax.vmap(solve)(flat_chol, flat_b)  # (N, R)
+  return a.reshape(batch + b.shape[-1:])
+
+
+def lowrank_mahalanobis(residual: Array, cov_factor: Array,
+                        cov_diag: Array) -> Array:
+  """r^T (P P^T + D)^-1 r through the Woodbury identity, in ridge form.
+
+  Args:
+    residual: r = x - mu, [..., S].
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S].
+
+  Returns:
+    [...], non-negative by construction.
+  """
+  chol = capacitance_cholesky(cov_factor, cov_diag)
+  return _mahalanobis_from_cholesky(residual, cov_factor, cov_diag, chol)
+
+
+def _mahalanobis_from_cholesky(residual, cov_factor, cov_diag, chol):
+  w = whitened_factor(cov_factor, cov_diag)  # (..., S, R)
+  u = residual * jax.lax.rsqrt(cov_diag)  # (..., S)
+  a = _ridge_coefficients(w, u, chol)  # (..., R)
+  y = u - jnp.einsum('...sr,...r->...s', w, a)  # (..., S)
+  return jnp.sum(jnp.square(y), -1) + jnp.sum(jnp.square(a), -1)
+
+
+def lowrank_log_prob(x: Array, loc: Array, cov_factor: Array,
+                     cov_diag: Array) -> Array:
+  """log N(x; mu, P P^T + diag(d)), summed over the S event dimensions.
+
+  Args:
+    x: [..., S].
+    loc: mu, [..., S].
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S].
+
+  Returns:
+    [...].
+  """
+  size = loc.shape[-1]
+  chol = capacitance_cholesky(cov_factor, cov_diag)
+  log_det = _log_det_from_cholesky(chol, cov_diag)
+  maha = _mahalanobis_from_cholesky(x - loc, cov_factor, cov_diag, chol)
+  return -0.5 * (size * _LOG_2PI + log_det + maha)
+
+
+def lowrank_entropy(cov_factor: Array, cov_diag: Array) -> Array:
+  """Differential entropy 0.5 (S (1 + log 2 pi) + log det Sigma), in nats.
+
+  Args:
+    cov_factor: [..., S, R].
+    cov_diag: [..., S].
+
+  Returns:
+    [...].
+  """
+  size = cov_diag.shape[-1]
+  return 0.5 * (size * (1.0 + _LOG_2PI) + lowrank_log_det(cov_factor, cov_diag))
+
+
+def lowrank_sample_from_noise(loc: Array, cov_factor: Array, cov_diag: Array,
+                              noise: LowRankNoise) -> Array:
+  """x = mu + P omega_p + sqrt(d) omega_d (sosvae_tmlr2022.txt eq. 4).
+
+  Args:
+    loc: [..., S].
+    cov_factor: [..., S, R].
+    cov_diag: [..., S].
+    noise: omega_p [..., R], omega_d [..., S]; leading dims broadcast.
+
+  Returns:
+    [..., S].
+  """
+  structured = jnp.einsum('...sr,...r->...s', cov_factor, noise.omega_p)
+  return loc + structured + jnp.sqrt(cov_diag) * noise.omega_d
+
+
+class LowRankMultivariateNormal(distrax.Distribution):
+  """N(loc, cov_factor cov_factor^T + diag(cov_diag)) over a flat event [S].
+
+  Args:
+    loc: mu, [..., S].
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S], positive.
+
+  Batch dims of the three parameters broadcast against each other.
+  """
+
+  equiv_tfp_cls = None
+
+  def __init__(self, loc: Array, cov_factor: Array, cov_diag: Array):
+    super().__init__()
+    self._check_parameters(loc, cov_factor, cov_diag)
+    dtype = _compute_dtype(loc, cov_factor, cov_diag)
+    batch = jnp.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2],
+                                 cov_diag.shape[:-1])
+    size, rank = cov_factor.shape[-2:]
+    self._loc = jnp.broadcast_to(loc.astype(dtype), batch + (size,))
+    self._cov_factor = jnp.broadcast_to(cov_factor.astype(dtype),
+                                        batch + (size, rank))
+    self._cov_diag = jnp.broadcast_to(cov_diag.astype(dtype), batch + (size,))
+    self._batch_shape = batch
+
+  @staticmethod
+  def _check_parameters(loc, cov_factor, cov_diag) -> None:
+    if loc.ndim < 1 or cov_factor.ndim < 2 or cov_diag.ndim < 1:
+      raise ValueError(
+          'LowRankMultivariateNormal needs loc [..., S], cov_factor '
+          f'[..., S, R] and cov_diag [..., S]; got loc {loc.shape}, '
+          f'cov_factor {cov_factor.shape}, cov_diag {cov_diag.shape}.')
+    size = loc.shape[-1]
+    if cov_factor.shape[-2] != size or cov_diag.shape[-1] != size:
+      raise ValueError(
+          f'Event sizes disagree: loc {loc.shape} has S={size}, cov_factor '
+          f'{cov_factor.shape} has S={cov_factor.shape[-2]}, cov_diag '
+          f'{cov_diag.shape} has S={cov_diag.shape[-1]}; all three must '
+          'share the last (event) dimension S.')
+    if cov_factor.shape[-1] < 1:
+      raise ValueError(f'cov_factor {cov_factor.shape} has rank R=0; R >= 1.')
+    try:
+      jnp.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2],
+                           cov_diag.shape[:-1])
+    except ValueError as e:
+      raise ValueError(
+          f'Batch shapes do not broadcast: loc {loc.shape[:-1]}, cov_factor '
+          f'{cov_factor.shape[:-2]}, cov_diag {cov_diag.shape[:-1]}.') from e
+
+  # Parameters.
+  @property
+  def loc(self) -> Array:
+    return self._loc
+
+  @property
+  def cov_factor(self) -> Array:
+    return self._cov_factor
+
+  @property
+  def cov_diag(self) -> Array:
+    return self._cov_diag
+
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    return (self._loc.shape[-1],)
+
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return self._batch_shape
+
+  @property
+  def rank(self) -> int:
+    return self._cov_factor.shape[-1]
+
+  # Densities.
+  def log_prob(self, value: Array) -> Array:
+    return lowrank_log_prob(value, self._loc, self._cov_factor, self._cov_diag)
+
+  def entropy(self) -> Array:
+    return lowrank_entropy(self._cov_factor, self._cov_diag)
+
+  def log_det_covariance(self) -> Array:
+    return lowrank_log_det(self._cov_factor, self._cov_diag)
+
+  # Moments.
+  def mean(self) -> Array:
+    return self._loc
+
+  def mode(self) -> Array:
+    return self._loc
+
+  def variance(self) -> Array:
+    """Diagonal of the covariance, O(S R): sum_r P_sr^2 + d_s."""
+    return jnp.sum(jnp.square(self._cov_factor), -1) + self._cov_diag
+
+  def stddev(self) -> Array:
+    return jnp.sqrt(self.variance())
+
+  def covariance(self) -> Array:
+    """Dense S x S covariance: for small S only (tests, pictures)."""
+    p = self._cov_factor
+    dense = jnp.einsum('...sr,...tr->...st', p, p)
+    return dense + jnp.vectorize(jnp.diag, signature='(s)->(s,s)')(
+        self._cov_diag)
+
+  # Sampling.
+  def sample_noise(self, seed: Array, sample_shape=()) -> LowRankNoise:
+    """Draws (omega_p, omega_d) of shape sample_shape + batch + [R] / [S]."""
+    if isinstance(sample_shape, int):
+      sample_shape = (sample_shape,)
+    sample_shape = tuple(sample_shape)
+    key_p, key_d = jax.random.split(seed)
+    shape = sample_shape + self._batch_shape
+    dtype = self._loc.dtype
+    omega_p = jax.random.normal(key_p, shape + (self.rank,), dtype)
+    omega_d = jax.random.normal(key_d, shape + self.event_shape, dtype)
+    return LowRankNoise(omega_p, omega_d)
+
+  def sample_from_noise(self, noise: LowRankNoise) -> Array:
+    return lowrank_sample_from_noise(self._loc, self._cov_factor,
+                                     self._cov_diag, noise)
+
+  def sample_with_noise(self, *, seed: Array,
+                        sample_shape=()) -> tuple[Array, LowRankNoise]:
+    """A sample and the noise that made it, for interpolation tools."""
+    noise = self.sample_noise(seed, sample_shape)
+    return self.sample_from_noise(noise), noise
+
+  def _sample_n(self, key: Array, n: int) -> Array:
+    return self.sample_from_noise(self.sample_noise(key, (n,)))
+
+  def __getitem__(self, index) -> LowRankMultivariateNormal:
+    index = index if isinstance(index, tuple) else (index,)
+    return LowRankMultivariateNormal(self._loc[index],
+                                     self._cov_factor[index],
+                                     self._cov_diag[index])

@@ -1,0 +1,208 @@
+"""Datasets as random-access uint8 image sources, batched by grain.
+
+Sources:
+  'idx':  the IDX files of (Fashion-)MNIST, e.g. those of Debian's
+          dataset-fashion-mnist package under /usr/share/datasets/fashion-mnist.
+  'tfds': a dataset prepared by the user in ArrayRecord format, read through
+          tfds.data_source (no TensorFlow needed at run time).
+
+Batches are [B, H, W, C] uint8; scaling to [0, 1] happens inside the jitted
+step (`preprocess`). The batch order is a pure function of (seed, step):
+grain reshuffles every epoch from the seed, and `train_batches(..., start_step)`
+resumes exactly where a checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from typing import Iterator, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+Array = jax.Array
+
+DEFAULT_IDX_DIR = '/usr/share/datasets/fashion-mnist'
+TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'svhn_cropped', 'celeb_a')
+IDX_FILES = {
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+  """A dataset is missing or not prepared; the message says how to get it."""
+
+
+# ----------------------------------------------------------------------------
+# IDX files.
+# ----------------------------------------------------------------------------
+def _open_maybe_gz(path: str):
+  if os.path.exists(path):
+    return open(path, 'rb')
+  if os.path.exists(path + '.gz'):
+    return gzip.open(path + '.gz', 'rb')
+  raise DataNotFoundError(path)
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (plain or .gz): the (Fashion-)MNIST container format.
+
+  Header: two zero bytes, a type code (0x08 = uint8), the number of
+  dimensions, then one big-endian uint32 per dimension.
+  """
+  with _open_maybe_gz(path) as f:
+    data = f.read()
+  zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f'{path}: not a uint8 IDX file (header {data[:4]!r}).')
+  shape = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
+  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise ValueError(f'{path}: header says {shape} but holds {array.size} bytes '
+                     '(truncated download?).')
+  return array.reshape(shape)
+
+
+def load_idx_images(directory: str, split: str) -> np.ndarray:
+  """[N, 28, 28, 1] uint8 images of an IDX split ('train' or 'test')."""
+  if split not in IDX_FILES:
+    raise ValueError(f'IDX split {split!r}: choose one of {sorted(IDX_FILES)}.')
+  path = os.path.join(directory, IDX_FILES[split][0])
+  try:
+    images = read_idx(path)
+  except DataNotFoundError:
+    raise DataNotFoundError(
+        f'Fashion-MNIST IDX file {path}[.gz] not found. Install it with '
+        '`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or '
+        'set --config.data.idx_dir to a folder holding the four IDX files '
+        '(train-images-idx3-ubyte[.gz], ...).') from None
+  return images[..., None]
+
+
+# ----------------------------------------------------------------------------
+# tfds ArrayRecord sources.
+# ----------------------------------------------------------------------------
+def _tfds_data_source(name: str, split: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as e:
+    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+    raise DataNotFoundError(
+        f'tfds dataset {name!r} (split {split!r}) is not prepared in ArrayRecord '
+        f'format under {where}. Prepare it once on a machine with network: '
+        f'`tfds build {name} --file_format=array_record` (add --data_dir=DIR '
+        'and pass --config.data.tfds_data_dir=DIR), or use '
+        "--config.data.source=idx for Fashion-MNIST. Original error: "
+        f'{type(e).__name__}: {str(e).splitlines()[0]}') from None
+
+
+def _to_image_shape(image: np.ndarray, image_shape: Sequence[int],
+                    centre_crop: int | None) -> np.ndarray:
+  """Crops, resizes and converts channels of one uint8 image [h, w, c]."""
+  height, width, channels = image_shape
+  if centre_crop:
+    h, w = image.shape[:2]
+    top, left = (h - centre_crop) // 2, (w - centre_crop) // 2
+    image = image[top:top + centre_crop, left:left + centre_crop]
+  if image.shape[-1] == 3 and channels == 1:
+    pil = Image.fromarray(image).convert('L')
+  elif image.shape[-1] == 1 and channels == 3:
+    pil = Image.fromarray(image[..., 0]).convert('RGB')
+  else:
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  if pil.size != (width, height):
+    pil = pil.resize((width, height), Image.BILINEAR)
+  out = np.asarray(pil, np.uint8)
+  return out.reshape(height, width, channels)
+
+
+class _TfdsImages:
+  """Random-access view of a tfds source yielding [H, W, C] uint8 images."""
+
+  def __init__(self, source, image_shape, centre_crop):
+    self._source, self._shape, self._crop = source, tuple(image_shape), centre_crop
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return _to_image_shape(np.asarray(self._source[index]['image']), self._shape,
+                           self._crop)
+
+
+# ----------------------------------------------------------------------------
+# Public entry points.
+# ----------------------------------------------------------------------------
+def get_source(data_cfg, split: str):
+  """A random-access sequence of [H, W, C] uint8 images for a split.
+
+  Args:
+    data_cfg: config.data (source, name, idx_dir, tfds_data_dir, image_shape,
+      train_split / eval_split names, centre_crop).
+    split: 'train' or 'eval'.
+  """
+  split_name = data_cfg.train_split if split == 'train' else data_cfg.eval_split
+  if data_cfg.source == 'idx':
+    images = load_idx_images(data_cfg.get('idx_dir', DEFAULT_IDX_DIR), split_name)
+    if tuple(images.shape[1:]) != tuple(data_cfg.image_shape):
+      raise ValueError(
+          f'IDX images are {images.shape[1:]} but config.data.image_shape is '
+          f'{tuple(data_cfg.image_shape)}; set it to (28, 28, 1).')
+    return images
+  if data_cfg.source == 'tfds':
+    if data_cfg.name not in TFDS_DATASETS:
+      raise ValueError(f'config.data.name={data_cfg.name!r}: choose one of '
+                       f'{TFDS_DATASETS} for source=tfds.')
+    source = _tfds_data_source(data_cfg.name, split_name,
+                               data_cfg.get('tfds_data_dir', None))
+    return _TfdsImages(source, data_cfg.image_shape, data_cfg.get('centre_crop', None))
+  raise ValueError(f"config.data.source={data_cfg.source!r}: choose 'idx' or 'tfds'.")
+
+
+def batched_dataset(source, batch_size: int, seed: int, *,
+                    shuffle: bool = True, repeat: bool = True,
+                    process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """A random-access grain dataset of [batch_size, H, W, C] uint8 batches.
+
+  Each process reads its own interleaved shard of the source; batch_size is
+  the per-process batch.
+  """
+  ds = grain.MapDataset.source(source)
+  if process_count > 1:
+    ds = ds.slice(slice(process_index, None, process_count))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat()
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_batches(source, batch_size: int, seed: int, start_step: int = 0, *,
+                  num_threads: int = 2, prefetch: int = 4,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
+  """Endless iterator of training batches, starting at batch `start_step`."""
+  ds = batched_dataset(source, batch_size, seed, process_index=process_index,
+                       process_count=process_count)
+  ds = ds.slice(slice(start_step, None))
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(options))
+
+
+def eval_images(source, num: int) -> np.ndarray:
+  """The first `num` images of a split, [num, H, W, C] uint8."""
+  num = min(num, len(source))
+  if isinstance(source, np.ndarray):
+    return source[:num]
+  return np.stack([source[i] for i in range(num)])
+
+
+def preprocess(batch: Array) -> Array:
+  """uint8 [B, H, W, C] -> float32 in [0, 1]."""
+  return batch.astype(jnp.float32) / 255.0

@@ -1,0 +1,324 @@
+"""Training: TrainState, the pure train step, evaluation and the run loop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from sosvae_jax import input_pipeline
+from sosvae_jax import lagrangian
+from sosvae_jax import metric_writers
+from sosvae_jax import objectives
+from sosvae_jax import plotting
+from sosvae_jax import sharding
+from sosvae_jax.models import build_model
+from sosvae_jax.models import VARIANCE_HEADS
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  multipliers: dict[str, Array]  # lambda_c >= 0, one per constraint
+  multiplier_opt_state: Any
+  rng: Array  # base key; the step's key is fold_in(rng, step)
+
+
+# ----------------------------------------------------------------------------
+# Pieces of the step.
+# ----------------------------------------------------------------------------
+def variance_head_mask(params) -> Any:
+  """True for parameters of variance heads (frozen during mean pretraining)."""
+  def is_variance(path, _):
+    names = {getattr(k, 'key', None) for k in path}
+    return bool(names & set(VARIANCE_HEADS))
+  return jax.tree_util.tree_map_with_path(is_variance, params)
+
+
+def loss_fn(params, multipliers, batch: Array, rng: Array, *, model: nn.Module,
+            constraints: Mapping[str, lagrangian.Constraint]):
+  """Negative Lagrangian of sosvae_tmlr2022.txt eq. 3 on one batch.
+
+  Every per-image term is summed over its event dims, then averaged over the
+  (global) batch; constraint values are those batch means.
+  """
+  x = input_pipeline.preprocess(batch)  # (B, H, W, C)
+  out = model.apply({'params': params}, x, rngs={'sample': rng})
+  x_flat = x.reshape((x.shape[0], -1))  # (B, S)
+  log_lik = out.observation.log_prob(x_flat)  # (B,)
+  kl = objectives.gaussian_kl(out.posterior_mean, out.posterior_log_var)  # (B,)
+  entropy = out.observation.entropy()  # (B,)
+  values = {'kl': jnp.mean(kl), 'entropy': jnp.mean(entropy)}
+  loss = -jnp.mean(log_lik) + lagrangian.constraint_loss(values, multipliers, constraints)
+  if 'kl' not in constraints:  # No KL constraint: the plain ELBO.
+    loss += values['kl']
+  metrics = {
+      'loss': loss,
+      'log_likelihood': jnp.mean(log_lik),
+      'kl': values['kl'],
+      'entropy': values['entropy'],
+      'elbo': jnp.mean(objectives.elbo(log_lik, kl)),
+      'mse': jnp.mean(jnp.square(out.observation.mean() - x_flat)),
+  }
+  return loss, metrics
+
+
+def train_step(state: TrainState, batch: Array, *, model: nn.Module,
+               tx: optax.GradientTransformation,
+               multiplier_tx: optax.GradientTransformation,
+               constraints: Mapping[str, lagrangian.Constraint],
+               pretrain_steps: int) -> tuple[TrainState, dict[str, Array]]:
+  """One step: descent on the network, projected ascent on the multipliers."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_fn, model=model, constraints=constraints),
+      argnums=(0, 1), has_aux=True)
+  (_, metrics), (grads, mult_grads) = grad_fn(state.params, state.multipliers,
+                                              batch, rng)
+  # Mean-head pretraining: variance heads frozen (sosvae_tmlr2022.txt 3.3).
+  pretraining = state.step < pretrain_steps
+  grads = jax.tree.map(lambda g, frozen: jnp.where(frozen & pretraining, 0.0, g),
+                       grads, variance_head_mask(grads))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  mult_updates, mult_state = multiplier_tx.update(
+      mult_grads, state.multiplier_opt_state, state.multipliers)
+  multipliers = optax.apply_updates(state.multipliers, mult_updates)
+  metrics.update({f'multiplier_{k}': v for k, v in state.multipliers.items()})
+  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['pretraining'] = pretraining.astype(jnp.float32)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            multipliers=multipliers, multiplier_opt_state=mult_state)
+  return new_state, metrics
+
+
+def eval_step(params, batch: Array, rng: Array, *, model: nn.Module) -> dict[str, Array]:
+  """ELBO terms on a held-out batch (one posterior sample)."""
+  x = input_pipeline.preprocess(batch)
+  out = model.apply({'params': params}, x, rngs={'sample': rng})
+  x_flat = x.reshape((x.shape[0], -1))
+  log_lik = out.observation.log_prob(x_flat)
+  kl = objectives.gaussian_kl(out.posterior_mean, out.posterior_log_var)
+  return {
+      'log_likelihood': jnp.mean(log_lik),
+      'kl': jnp.mean(kl),
+      'elbo': jnp.mean(log_lik - kl),
+      'entropy': jnp.mean(out.observation.entropy()),
+      'mse': jnp.mean(jnp.square(out.observation.mean() - x_flat)),
+  }
+
+
+def observation_images(params, z: Array, rng: Array, *, model: nn.Module,
+                       image_shape) -> dict[str, Array]:
+  """Mean, one sample and per-pixel variance of p(x|z), as images."""
+  dist = model.apply({'params': params}, z, method=lambda m, z: m.decode(z))
+  shape = (z.shape[0],) + tuple(image_shape)
+  return {
+      'mean': dist.mean().reshape(shape),
+      'sample': dist.sample(seed=rng).reshape(shape),
+      'variance': dist.variance().reshape(shape),
+  }
+
+
+# ----------------------------------------------------------------------------
+# Construction.
+# ----------------------------------------------------------------------------
+def make_optimizer(config) -> optax.GradientTransformation:
+  cfg = config.optimizer
+  if cfg.learning_rate <= 0:
+    raise ValueError(f'config.optimizer.learning_rate={cfg.learning_rate} must be > 0.')
+  parts = []
+  if cfg.get('grad_clip_norm', 0):
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(optax.adam(cfg.learning_rate))
+  return optax.chain(*parts)
+
+
+def create_train_state(config, model: nn.Module, tx, multiplier_tx,
+                       constraints) -> TrainState:
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
+  dummy = jnp.zeros((1,) + tuple(config.data.image_shape), jnp.float32)
+  params = model.init({'params': init_rng, 'sample': sample_rng}, dummy)['params']
+  multipliers = lagrangian.init_multipliers(
+      constraints, {k: c.get('initial_multiplier', 0.0)
+                    for k, c in config.constraints.items()})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), multipliers=multipliers,
+                    multiplier_opt_state=multiplier_tx.init(multipliers),
+                    rng=state_rng)
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.get('checkpoints_to_keep', 3), create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=options)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
+  """The latest checkpoint restored into `state`'s structure, or `state`."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  logging.info('Resumed from checkpoint at step %d.', step)
+  return restored
+
+
+# ----------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def _write_figures(workdir, step, params, z, rng, eval_batch, jitted_images,
+                   jitted_recon, writer) -> str:
+  """Figure-2-style PNGs for prior samples and reconstructions."""
+  fig_dir = os.path.join(workdir, 'figures')
+  os.makedirs(fig_dir, exist_ok=True)
+  prior = jax.device_get(jitted_images(params, z, rng))
+  panel = plotting.observation_panel(prior['mean'], prior['sample'], prior['variance'])
+  path = os.path.join(fig_dir, f'samples_{step:07d}.png')
+  plotting.save_png(panel, path)
+  writer.write_image(step, 'samples', panel)
+  recon = jax.device_get(jitted_recon(params, eval_batch, rng))
+  panel = plotting.grid(
+      [plotting.to_rgb(recon['input']), plotting.to_rgb(recon['mean']),
+       plotting.to_rgb(recon['sample']), plotting.heat(recon['variance'])],
+      ['input', 'mean', 'sample', 'variance'])
+  plotting.save_png(panel, os.path.join(fig_dir, f'reconstructions_{step:07d}.png'))
+  writer.write_image(step, 'reconstructions', panel)
+  return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (or resumes) the model of `config`, writing everything to workdir."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  # ---------------------------------------------------------------- setup
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  train_source = input_pipeline.get_source(config.data, 'train')
+  eval_source = input_pipeline.get_source(config.data, 'eval')
+  model = build_model(config)
+  tx = make_optimizer(config)
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  multiplier_tx = lagrangian.multiplier_optimizer(config.multiplier_learning_rate)
+  state = create_train_state(config, model, tx, multiplier_tx, constraints)
+  manager = checkpoint_manager(workdir, config)
+  state = restore_latest(manager, state)
+  start_step = int(state.step)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, multiplier_tx=multiplier_tx,
+                        constraints=constraints, pretrain_steps=config.pretrain_steps),
+      in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  images_fn = jax.jit(functools.partial(observation_images, model=model,
+                                        image_shape=config.data.image_shape))
+
+  def recon_fn(params, batch, rng):
+    x = input_pipeline.preprocess(batch)
+    out = model.apply({'params': params}, x, rngs={'sample': rng})
+    shape = x.shape
+    return {'input': x, 'mean': out.observation.mean().reshape(shape),
+            'sample': out.observation.sample(seed=rng).reshape(shape),
+            'variance': out.observation.variance().reshape(shape)}
+  recon_fn = jax.jit(recon_fn)
+
+  local_batch = config.batch_size // jax.process_count()
+  batches = input_pipeline.train_batches(
+      train_source, local_batch, config.seed, start_step,
+      num_threads=config.data.get('num_threads', 2),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_images = input_pipeline.eval_images(eval_source, config.eval_examples)
+  num_eval_batches = max(1, len(eval_images) // config.batch_size)
+  eval_batches = [eval_images[i * config.batch_size:(i + 1) * config.batch_size]
+                  for i in range(num_eval_batches)]
+  figure_rng = jax.random.PRNGKey(config.seed + 1)
+  figure_z = jax.random.normal(figure_rng, (config.num_figure_images,
+                                            config.model.latent_dim))
+  figure_batch = eval_images[:config.num_figure_images]
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+
+  def evaluate(step):
+    rng = jax.random.PRNGKey(config.seed + 2)
+    results = [eval_fn(state.params, b, jax.random.fold_in(rng, i))
+               for i, b in enumerate(eval_batches)]
+    results = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(results))
+    results.update({f'multiplier_{k}': float(v)
+                    for k, v in jax.device_get(state.multipliers).items()})
+    writer.write(step, results, split='eval')
+    if is_main:
+      path = _write_figures(workdir, step, state.params, figure_z, figure_rng,
+                            figure_batch, images_fn, recon_fn, writer)
+      logging.info('eval step %d: elbo %.1f  kl %.2f  entropy %.1f  -> %s', step,
+                   results['elbo'], results['kl'], results['entropy'], path)
+    return results
+
+  # ----------------------------------------------------------------- loop
+  logging.info('Training %s for %d steps (from step %d) on %d device(s); workdir %s',
+               config.likelihood.name, config.num_steps, start_step,
+               mesh.devices.size, workdir)
+  t_log, step_log = time.time(), start_step
+  t_start = time.time()
+  step = start_step
+  for step in range(start_step + 1, config.num_steps + 1):
+    batch = sharding.global_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch)
+    if step % config.log_every_steps == 0 or step == config.num_steps:
+      metrics = jax.device_get(metrics)
+      now = time.time()
+      steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
+      t_log, step_log = now, step
+      metrics['steps_per_sec'] = steps_per_sec
+      writer.write(step, metrics)
+      eta = (config.num_steps - step) / max(steps_per_sec, 1e-9)
+      mult = '  '.join(f'{k.replace("multiplier_", "lambda_")} {float(v):.3g}'
+                       for k, v in metrics.items() if k.startswith('multiplier_'))
+      logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f  entropy %.1f  %s  '
+                   '%.1f steps/s  elapsed %s  left %s', step, config.num_steps,
+                   metrics['loss'], metrics['elbo'], metrics['kl'], metrics['entropy'],
+                   mult, steps_per_sec, _format_duration(now - t_start),
+                   _format_duration(eta))
+    if step % config.eval_every_steps == 0 or step == config.num_steps:
+      evaluate(step)
+    if step % config.checkpoint_every_steps == 0 or step == config.num_steps:
+      manager.save(step, args=ocp.args.StandardSave(state))
+  if start_step >= config.num_steps:
+    logging.info('Nothing to do: checkpoint step %d >= num_steps %d.', start_step,
+                 config.num_steps)
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  writer.close()
+  return state
