@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.data = fashion_mnist_data()
   config.model = ml_collections.ConfigDict(dict(
-      channels=(32, 64), latent_dim=32, dtype='float32'))
+      channels=(16, 32), latent_dim=32, dtype='float32'))
   config.likelihood = ml_collections.ConfigDict(dict(
       name='lowrank_gaussian', rank=25, fixed_diag=1e-5, min_variance=1e-5,
       init_variance=0.05, head_init_stddev=1e-5))
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, grad_clip_norm=0.0))
   config.batch_size = 64
-  config.num_steps = 3000
+  config.num_steps = 2500
   config.pretrain_steps = 500
   config.log_every_steps = 100
   config.eval_every_steps = 1000

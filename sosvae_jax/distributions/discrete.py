@@ -96,7 +96,12 @@ def soft_clip_below(x: Array, minimum: float) -> Array:
 
 
 def _sum_event(per_subpixel: Array) -> Array:
-    """[..., H, W, C] -> [...]: sums, never means (sigma-VAE, section 3)."""
+    """[..., H, W, C] -> [...].
+
+    Sums, never means: averaging silently reweights the KL term
+    (rybkin2021_sigma_vae_calibrated_decoders.txt section 3.1, "Loss
+    implementation details").
+    """
     return jnp.sum(per_subpixel, axis=(-3, -2, -1))
 
 
@@ -188,13 +193,15 @@ def discretized_logistic_log_prob(means: Array, log_scales: Array, levels: Array
     Returns:
         [..., K] log-masses.
     """
-    half_bin = 0.5 / (NUM_LEVELS - 1)
     levels = levels[..., None]  # (..., 1)
-    centre = levels.astype(means.dtype) / (NUM_LEVELS - 1)
+    k = levels.astype(means.dtype)
     inv_scale = jnp.exp(-log_scales)
-    upper = (centre + half_bin - means) * inv_scale  # (..., K)
-    lower = (centre - half_bin - means) * inv_scale
-    interior = _log_sigmoid_difference(upper, lower, 2.0 * half_bin * inv_scale)
+    # Edges as (k +- 1/2) / 255, so that bin k's upper edge and bin k+1's lower
+    # edge are the same float and the masses telescope to one even when a
+    # scale at the floor magnifies rounding errors 3000-fold.
+    upper = ((k + 0.5) / (NUM_LEVELS - 1) - means) * inv_scale  # (..., K)
+    lower = ((k - 0.5) / (NUM_LEVELS - 1) - means) * inv_scale
+    interior = _log_sigmoid_difference(upper, lower, inv_scale / (NUM_LEVELS - 1))
     first = jax.nn.log_sigmoid(upper)  # log CDF(upper edge of bin 0)
     last = jax.nn.log_sigmoid(-lower)  # log survival(lower edge of bin 255)
     return jnp.where(levels == 0, first, jnp.where(levels == NUM_LEVELS - 1, last, interior))

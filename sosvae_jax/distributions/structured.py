@@ -1,4 +1,4 @@
-"""Gaussian with a sparse local Cholesky factor of the precision (Dorta et al. 2018), plus YCbCr colour."""
+"""Gaussian images with a sparse local Cholesky factor of the precision."""
 
 # Notation (dorta2018_vae_structured_residuals.txt section 4): an image has
 # shape [H, W] and S = H * W pixels, flattened row-major (p = i * W + j). The
@@ -189,6 +189,10 @@ def solve_lt(rhs: Array, log_diag: Array, off_diag: Array, *,
   batch = jnp.broadcast_shapes(log_diag.shape[:-2], off_diag.shape[:-3])
   h, w = log_diag.shape[-2:]
   m = off_diag.shape[-1]
+  # One dtype for the scan carry and the solves.
+  dtype = jnp.result_type(rhs, log_diag, off_diag)
+  rhs, log_diag, off_diag = (t.astype(dtype) for t in (rhs, log_diag,
+                                                       off_diag))
   extra = rhs.shape[:max(0, rhs.ndim - len(batch) - 2)]
   rhs = jnp.broadcast_to(rhs, extra + batch + (h, w))
   n_extra, n_batch = math.prod(extra), math.prod(batch)
@@ -278,8 +282,6 @@ class StructuredPrecisionNormal(distrax.Distribution):
   O(S^2) memory; precision, covariance and cholesky_factor are dense
   [..., S, S] (covariance O(S^3)): small images only.
   """
-
-  equiv_tfp_cls = None
 
   def __init__(self, loc: Array, log_diag: Array, off_diag: Array, *,
                kernel_size: int, dilation: int = 1):
@@ -474,7 +476,7 @@ def ycbcr_targets(rgb: Array, factor: int) -> tuple[Array, Array]:
 
 
 def _diag_normal_log_prob(x: Array, loc: Array, log_scale: Array) -> Array:
-  """Sum of independent N(loc, exp(log_scale)^2) log densities over [h, w, c]."""
+  """Sum of N(loc, exp(log_scale)^2) log densities over [..., h, w, c]."""
   z = (x - loc) * jnp.exp(-log_scale)
   return jnp.sum(-0.5 * _LOG_2PI - log_scale - 0.5 * jnp.square(z),
                  axis=(-3, -2, -1))

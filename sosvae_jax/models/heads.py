@@ -7,6 +7,8 @@ heads) are frozen for the first steps (sosvae_tmlr2022.txt section 3.3).
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,7 +60,7 @@ class DiagonalHead(nn.Module):
   def __call__(self, features: Array) -> Array:
     # Bias so that softplus(bias) = init_variance - min_variance at start.
     start = max(self.init_variance - self.min_variance, 1e-8)
-    bias = float(jnp.log(jnp.expm1(start)))
+    bias = math.log(math.expm1(start))
     raw = nn.Conv(self.channels, (3, 3), padding='SAME', name='diag_head',
                   kernel_init=small_normal_init(self.init_stddev),
                   bias_init=nn.initializers.constant(bias))(features)

@@ -1,0 +1,108 @@
+"""End to end: smoke configs train, log, draw, checkpoint and resume exactly."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.configs import beta_vae
+from experiments.configs import default
+from sosvae_jax import lagrangian
+from sosvae_jax import metric_writers
+from sosvae_jax import train
+from sosvae_jax.models import build_model
+
+REQUIRED = {'step', 'loss', 'elbo', 'kl', 'log_likelihood', 'entropy', 'steps_per_sec',
+            'multiplier_kl', 'multiplier_entropy'}
+
+
+def _mock_config(module=default, **overrides):
+  config = module.get_config('smoke')
+  config.data.source = 'tfds'
+  config.data.name = 'fashion_mnist'
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def _run(config, workdir):
+  with tfds.testing.mock_data(num_examples=64):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def test_sos_vae_smoke_run_writes_everything(tmp_path):
+  config = _mock_config()
+  state = _run(config, tmp_path)
+  assert int(state.step) == config.num_steps
+  records = metric_writers.read_metrics(str(tmp_path), 'train')
+  assert records and REQUIRED <= set(records[0])
+  assert all(np.isfinite(r['loss']) for r in records)
+  assert all(r['multiplier_kl'] >= 0 and r['multiplier_entropy'] >= 0 for r in records)
+  evals = metric_writers.read_metrics(str(tmp_path), 'eval')
+  assert [r['step'] for r in evals] == [3, 6]
+  figures = sorted(os.listdir(tmp_path / 'figures'))
+  assert 'samples_0000006.png' in figures and 'reconstructions_0000006.png' in figures
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+
+
+def test_beta_vae_smoke_run_has_only_kl_multiplier(tmp_path):
+  config = _mock_config(beta_vae)
+  _run(config, tmp_path)
+  record = metric_writers.read_metrics(str(tmp_path), 'train')[-1]
+  assert 'multiplier_kl' in record and 'multiplier_entropy' not in record
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  straight = _run(_mock_config(num_steps=8), tmp_path / 'a')
+  _run(_mock_config(num_steps=4), tmp_path / 'b')
+  resumed = _run(_mock_config(num_steps=8), tmp_path / 'b')
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  steps = [r['step'] for r in metric_writers.read_metrics(str(tmp_path / 'b'), 'train')]
+  assert steps == [2, 4, 6, 8]  # the second launch continued from step 4
+
+
+def test_pretraining_freezes_variance_heads_then_releases_them():
+  config = default.get_config('smoke')
+  model = build_model(config)
+  tx = train.make_optimizer(config)
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  mtx = lagrangian.multiplier_optimizer(1.0)
+  state = train.create_train_state(config, model, tx, mtx, constraints)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
+                                   constraints=constraints, pretrain_steps=2))
+  batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  head = lambda s: s.params['likelihood']['factor']['factor_head']['kernel']
+  mean_head = lambda s: s.params['likelihood']['mean']['mean_head']['kernel']
+  first = state
+  for _ in range(2):
+    state, metrics = step(state, batch)
+    assert float(metrics['pretraining']) == 1.0
+  np.testing.assert_array_equal(head(state), head(first))
+  assert not np.array_equal(mean_head(state), mean_head(first))
+  state, metrics = step(state, batch)
+  assert float(metrics['pretraining']) == 0.0
+  assert not np.array_equal(head(state), head(first))
+
+
+def test_step_updates_multipliers_by_reference_rule():
+  """Inside the jitted step: lambda_kl' = max(0, lambda_kl + KL - xi_KL)."""
+  config = default.get_config('smoke')
+  config.constraints.kl.target = 0.0  # any KL > 0 violates it
+  model = build_model(config)
+  tx = train.make_optimizer(config)
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  mtx = lagrangian.multiplier_optimizer(1.0)
+  state = train.create_train_state(config, model, tx, mtx, constraints)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
+                                   constraints=constraints, pretrain_steps=0))
+  batch = jnp.asarray(np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  new, metrics = step(state, batch)
+  assert float(new.multipliers['kl']) == pytest.approx(float(metrics['kl']), rel=1e-6)
+  expected_h = max(0.0, float(metrics['entropy']) - config.constraints.entropy.target)
+  assert float(new.multipliers['entropy']) == pytest.approx(expected_h, rel=1e-6, abs=1e-6)
