@@ -36,6 +36,15 @@ class MetricWriter:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
+  def drop_after(self, step: int) -> None:
+    """Removes records of steps > step (a resumed run repeats them)."""
+    if not self._enabled or not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      lines = [l for l in f if l.strip() and json.loads(l)['step'] <= step]
+    with open(self._path, 'w') as f:
+      f.writelines(lines)
+
   def write(self, step: int, metrics: Mapping[str, Any], split: str = 'train') -> None:
     if not self._enabled:
       return

@@ -83,7 +83,8 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
                tx: optax.GradientTransformation,
                multiplier_tx: optax.GradientTransformation,
                constraints: Mapping[str, lagrangian.Constraint],
-               pretrain_steps: int) -> tuple[TrainState, dict[str, Array]]:
+               pretrain_steps: int,
+               variance_lr_scale: float = 1.0) -> tuple[TrainState, dict[str, Array]]:
   """One step: descent on the network, projected ascent on the multipliers."""
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(
@@ -96,6 +97,10 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
   grads = jax.tree.map(lambda g, frozen: jnp.where(frozen & pretraining, 0.0, g),
                        grads, variance_head_mask(grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if variance_lr_scale != 1.0:
+    # Slower variance heads: P may only grow as fast as the mean can follow.
+    updates = jax.tree.map(lambda u, v: u * variance_lr_scale if v else u,
+                           updates, variance_head_mask(updates))
   params = optax.apply_updates(state.params, updates)
   mult_updates, mult_state = multiplier_tx.update(
       mult_grads, state.multiplier_opt_state, state.multipliers)
@@ -134,6 +139,16 @@ def observation_images(params, z: Array, rng: Array, *, model: nn.Module,
       'sample': dist.sample(seed=rng).reshape(shape),
       'variance': dist.variance().reshape(shape),
   }
+
+
+def reconstruction_images(params, batch: Array, rng: Array, *,
+                          model: nn.Module) -> dict[str, Array]:
+  """Input, and mean, sample and variance of p(x|z) for z ~ q(z|x)."""
+  x = input_pipeline.preprocess(batch)
+  out = model.apply({'params': params}, x, rngs={'sample': rng})
+  return {'input': x, 'mean': out.observation.mean().reshape(x.shape),
+          'sample': out.observation.sample(seed=rng).reshape(x.shape),
+          'variance': out.observation.variance().reshape(x.shape)}
 
 
 # ----------------------------------------------------------------------------
@@ -239,21 +254,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, multiplier_tx=multiplier_tx,
-                        constraints=constraints, pretrain_steps=config.pretrain_steps),
+                        constraints=constraints, pretrain_steps=config.pretrain_steps,
+                        variance_lr_scale=config.optimizer.get('variance_lr_scale', 1.0)),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
       out_shardings=sharding.replicated(mesh), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model=model))
   images_fn = jax.jit(functools.partial(observation_images, model=model,
                                         image_shape=config.data.image_shape))
 
-  def recon_fn(params, batch, rng):
-    x = input_pipeline.preprocess(batch)
-    out = model.apply({'params': params}, x, rngs={'sample': rng})
-    shape = x.shape
-    return {'input': x, 'mean': out.observation.mean().reshape(shape),
-            'sample': out.observation.sample(seed=rng).reshape(shape),
-            'variance': out.observation.variance().reshape(shape)}
-  recon_fn = jax.jit(recon_fn)
+  recon_fn = jax.jit(functools.partial(reconstruction_images, model=model))
 
   local_batch = config.batch_size // jax.process_count()
   batches = input_pipeline.train_batches(
@@ -269,6 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                             config.model.latent_dim))
   figure_batch = eval_images[:config.num_figure_images]
   writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  # Steps logged after the checkpoint we resume from will be logged again.
+  writer.drop_after(start_step)
 
   def evaluate(step):
     rng = jax.random.PRNGKey(config.seed + 2)

@@ -106,3 +106,37 @@ def test_step_updates_multipliers_by_reference_rule():
   assert float(new.multipliers['kl']) == pytest.approx(float(metrics['kl']), rel=1e-6)
   expected_h = max(0.0, float(metrics['entropy']) - config.constraints.entropy.target)
   assert float(new.multipliers['entropy']) == pytest.approx(expected_h, rel=1e-6, abs=1e-6)
+
+
+def test_variance_lr_scale_scales_only_variance_head_updates():
+  config = default.get_config('smoke')
+  model = build_model(config)
+  tx = train.make_optimizer(config)
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  mtx = lagrangian.multiplier_optimizer(1.0)
+  state = train.create_train_state(config, model, tx, mtx, constraints)
+  batch = jnp.asarray(np.random.default_rng(2).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  head = lambda s: np.asarray(s.params['likelihood']['factor']['factor_head']['kernel'])
+  mean_head = lambda s: np.asarray(s.params['likelihood']['mean']['mean_head']['kernel'])
+  moved = {}
+  for scale in (1.0, 0.5, 0.0):
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
+                                     constraints=constraints, pretrain_steps=0,
+                                     variance_lr_scale=scale))
+    new, _ = step(state, batch)
+    moved[scale] = (head(new) - head(state), mean_head(new) - mean_head(state))
+  np.testing.assert_allclose(moved[0.5][0], 0.5 * moved[1.0][0], rtol=1e-5, atol=1e-12)
+  assert not np.any(moved[0.0][0])
+  for scale in (0.5, 0.0):
+    np.testing.assert_array_equal(moved[scale][1], moved[1.0][1])
+
+
+def test_metric_writer_drops_records_after_resume_point(tmp_path):
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  for step in (2, 4, 6):
+    writer.write(step, {'loss': float(step)})
+  writer.write(6, {'elbo': float('nan')}, split='eval')
+  writer.drop_after(4)
+  records = metric_writers.read_metrics(str(tmp_path))
+  assert [r['step'] for r in records] == [2, 4]
+  writer.close()

@@ -36,9 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
       entropy=dict(enabled=True, target=-3300.0, kind='le', damping=10.0,
                    initial_multiplier=0.0),
   ))
-  config.multiplier_learning_rate = 1.0
+  config.multiplier_learning_rate = 10.0
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, grad_clip_norm=0.0))
+      learning_rate=1e-3, grad_clip_norm=0.0, variance_lr_scale=1.0))
   config.batch_size = 64
   config.num_steps = 2500
   config.pretrain_steps = 500
