@@ -23,6 +23,18 @@ from sosvae_jax.models.heads import MeanHead
 Array = jax.Array
 
 
+def _maybe_detach(features: Array, detach: bool) -> Array:
+  """Variance heads read the trunk features without training them.
+
+  With a tiny fixed diagonal, any residual inside span(P) is almost free, so
+  a shared trunk is pulled towards serving P and the mean decays (the mean
+  head gets no gradient along span(P) to resist). Detaching keeps encoder
+  and trunk trained by the mean and the KL only; P becomes a learnt readout
+  of those features.
+  """
+  return jax.lax.stop_gradient(features) if detach else features
+
+
 class DiagonalGaussianLikelihood(nn.Module):
   """Pixel-wise independent N(mu, diag(sigma^2)), per-pixel learned variance.
 
@@ -33,12 +45,14 @@ class DiagonalGaussianLikelihood(nn.Module):
   min_variance: float = 1e-5
   init_variance: float = 0.05
   head_init_stddev: float = 1e-5
+  detach_variance_features: bool = False
 
   @nn.compact
   def __call__(self, features: Array) -> distrax.Distribution:
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
+    var_features = _maybe_detach(features, self.detach_variance_features)
     variance = DiagonalHead(self.channels, self.min_variance, self.init_variance,
-                            self.head_init_stddev, name='diag')(features)
+                            self.head_init_stddev, name='diag')(var_features)
     return diagonal_normal(mean, variance)
 
 
@@ -56,15 +70,17 @@ class LowRankGaussianLikelihood(nn.Module):
   min_variance: float = 1e-5
   init_variance: float = 0.05
   head_init_stddev: float = 1e-5
+  detach_variance_features: bool = False
 
   @nn.compact
   def __call__(self, features: Array) -> distrax.Distribution:
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
+    var_features = _maybe_detach(features, self.detach_variance_features)
     factor = FactorHead(self.channels, self.rank, self.head_init_stddev,
-                        name='factor')(features)
+                        name='factor')(var_features)
     if self.fixed_diag is None:
       diag = DiagonalHead(self.channels, self.min_variance, self.init_variance,
-                          self.head_init_stddev, name='diag')(features)
+                          self.head_init_stddev, name='diag')(var_features)
     else:
       diag = jax.numpy.full(mean.shape, self.fixed_diag, mean.dtype)
     return LowRankMultivariateNormal(mean, factor, diag)
@@ -74,7 +90,8 @@ def _diagonal(cfg, channels: int) -> nn.Module:
   return DiagonalGaussianLikelihood(
       channels=channels, min_variance=cfg.get('min_variance', 1e-5),
       init_variance=cfg.get('init_variance', 0.05),
-      head_init_stddev=cfg.get('head_init_stddev', 1e-5))
+      head_init_stddev=cfg.get('head_init_stddev', 1e-5),
+      detach_variance_features=cfg.get('detach_variance_features', False))
 
 
 def _lowrank(cfg, channels: int) -> nn.Module:
@@ -82,7 +99,8 @@ def _lowrank(cfg, channels: int) -> nn.Module:
       channels=channels, rank=cfg.rank, fixed_diag=cfg.get('fixed_diag', 1e-5),
       min_variance=cfg.get('min_variance', 1e-5),
       init_variance=cfg.get('init_variance', 0.05),
-      head_init_stddev=cfg.get('head_init_stddev', 1e-5))
+      head_init_stddev=cfg.get('head_init_stddev', 1e-5),
+      detach_variance_features=cfg.get('detach_variance_features', False))
 
 
 LIKELIHOODS: dict[str, Callable[[Any, int], nn.Module]] = {

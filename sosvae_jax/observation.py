@@ -334,9 +334,10 @@ def _edit_posterior(cov_factor: Array, cov_diag: Array, mask: Array,
   problem |u - W a|^2 + |a|^2, whose normal equations are the Woodbury R x R
   system C a = P_E^T D_E^-1 r_E, C = I + P_E^T D_E^-1 P_E. It is solved by a QR
   of the stacked [W; I] = Q R (R^T R = C), which conditions like sqrt(cond C):
-  with d = 1e-5 and many edited pixels C is far too ill-conditioned for a
-  float32 Cholesky. Unedited rows of W are zero, so the mask has a fixed
-  shape under jit; cost O(S R^2).
+  with d = 1e-5 and edited pixels whose factor rows are nearly collinear (a
+  patch of neighbours), cond C reaches ~1e9, beyond a float32 Cholesky of C.
+  Unedited rows of W are zero, so the mask has a fixed shape under jit; cost
+  O(S R^2) whatever the number of edited pixels.
 
   Shapes: cov_factor [S, R], cov_diag [S], mask [S] bool, residual [S]
   -> ([R], [R, R]).

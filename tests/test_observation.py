@@ -308,12 +308,19 @@ def test_conditional_matches_dense_schur(num_edited):
   _check_conditional(loc, factor, diag, mask, values, rtol=1e-10)
 
 
-@pytest.mark.parametrize('num_edited', [3, 25])
-def test_conditional_ill_conditioned(num_edited):
+@pytest.mark.parametrize('num_edited,clustered', [(3, False), (25, False),
+                                                  (12, True)])
+def test_conditional_ill_conditioned(num_edited, clustered):
   # The paper's d = 1e-5 with large factors: Sigma_EE has cond ~ 1e8 and more.
   rng = np.random.default_rng(20 + num_edited)
   loc, factor, diag = _params(rng, factor_scale=10.0, diag=1e-5)
   mask = _mask(rng, num_edited)
+  if clustered:
+    # Neighbouring edited pixels have nearly equal factor rows, so C =
+    # I + P_E^T D_E^-1 P_E has eigenvalues from ~1 to ~1e9: solving it by a
+    # float32 Cholesky was off by several percent in such cases.
+    row = 10.0 * rng.normal(size=_R)
+    factor[mask] = row + 1e-2 * rng.normal(size=(num_edited, _R))
   omega = rng.normal(size=_R)
   sample = loc + factor @ omega + np.sqrt(diag) * rng.normal(size=_S)
   values = sample + 0.3 * rng.normal(size=_S)  # an edit off the model
@@ -324,7 +331,7 @@ def test_conditional_ill_conditioned(num_edited):
   mean32 = jax.jit(observation.conditional_mean)(*f32[:3], mask, f32[3])
   assert mean32.dtype == jnp.float32
   np.testing.assert_allclose(mean32, mean_ref,
-                             atol=1e-4 * np.max(np.abs(mean_ref)))
+                             atol=1e-3 * np.max(np.abs(mean_ref)))
 
 
 def test_conditional_no_and_all_pixels_edited():

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
       channels=(16, 32), latent_dim=32, dtype='float32'))
   config.likelihood = ml_collections.ConfigDict(dict(
       name='lowrank_gaussian', rank=25, fixed_diag=1e-5, min_variance=1e-5,
-      init_variance=0.05, head_init_stddev=1e-5))
+      init_variance=0.05, head_init_stddev=1e-5,
+      detach_variance_features=False))
   config.constraints = ml_collections.ConfigDict(dict(
       kl=dict(enabled=True, target=25.0, kind='eq', damping=10.0,
               initial_multiplier=0.0),
