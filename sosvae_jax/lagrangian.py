@@ -90,25 +90,41 @@ class MultiplierAscentState(NamedTuple):
   """No state: the rule is memoryless SGD."""
 
 
-def multiplier_optimizer(learning_rate: float = 1.0) -> optax.GradientTransformation:
+def multiplier_optimizer(
+    learning_rate: float | Mapping[str, float] = 1.0) -> optax.GradientTransformation:
   """Projected gradient ascent: lambda <- max(0, lambda + lr * dloss/dlambda).
 
   Feed it the gradient of the *loss* w.r.t. the multipliers (g - xi); it
   returns updates for optax.apply_updates that move lambda up the loss and
   never below zero.
+
+  Args:
+    learning_rate: one rate for all multipliers, or {constraint name: rate}.
+      The multiplier of a constraint settles near the exchange rate between
+      its nats and log-likelihood nats, so constraints on very different
+      scales (KL vs entropy under D = 1e-5) may need different rates.
   """
-  if learning_rate <= 0:
-    raise ValueError(f'multiplier learning_rate={learning_rate} must be > 0.')
+  rates = dict(learning_rate) if isinstance(learning_rate, Mapping) else None
+  for lr in (rates.values() if rates else [learning_rate]):
+    if lr <= 0:
+      raise ValueError(f'multiplier learning_rate={lr} must be > 0.')
 
   def init_fn(params):
-    del params
+    if rates is not None and set(params) - set(rates):
+      raise ValueError(f'No multiplier learning rate for {sorted(set(params) - set(rates))}.')
     return MultiplierAscentState()
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError('multiplier_optimizer needs params to project onto >= 0.')
-    new = jax.tree.map(lambda lam, g: jnp.maximum(lam + learning_rate * g, 0.0),
-                       params, updates)
-    return jax.tree.map(lambda n, lam: n - lam, new, params), state
+    lrs = rates if rates is not None else {k: learning_rate for k in params}
+    new = {k: jnp.maximum(params[k] + lrs[k] * updates[k], 0.0) for k in params}
+    return {k: new[k] - params[k] for k in params}, state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def multiplier_learning_rates(cfg, default: float) -> dict[str, float]:
+  """{name: rate}: config.constraints.NAME.multiplier_lr, else the default."""
+  return {name: float(c.get('multiplier_lr', None) or default)
+          for name, c in cfg.items() if c.get('enabled', True)}

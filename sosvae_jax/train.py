@@ -242,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = build_model(config)
   tx = make_optimizer(config)
   constraints = lagrangian.constraints_from_config(config.constraints)
-  multiplier_tx = lagrangian.multiplier_optimizer(config.multiplier_learning_rate)
+  multiplier_tx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
+      config.constraints, config.multiplier_learning_rate))
   state = create_train_state(config, model, tx, multiplier_tx, constraints)
   manager = checkpoint_manager(workdir, config)
   state = restore_latest(manager, state)

@@ -88,3 +88,19 @@ def test_config_validation():
     lagrangian.constraints_from_config(cfg)
   with pytest.raises(ValueError, match='learning_rate'):
     lagrangian.multiplier_optimizer(0.0)
+
+
+def test_per_constraint_learning_rates():
+  import ml_collections
+  cfg = ml_collections.ConfigDict({
+      'kl': {'enabled': True, 'target': 1.0, 'kind': 'eq', 'damping': 1.0, 'multiplier_lr': 2.0},
+      'entropy': {'enabled': True, 'target': 0.0, 'kind': 'le', 'damping': 1.0},
+      'off': {'enabled': False, 'target': 0.0, 'kind': 'le', 'damping': 1.0}})
+  rates = lagrangian.multiplier_learning_rates(cfg, 5.0)
+  assert rates == {'kl': 2.0, 'entropy': 5.0}
+  tx = lagrangian.multiplier_optimizer(rates)
+  lam = {'kl': jnp.float32(0.0), 'entropy': jnp.float32(0.0)}
+  updates, _ = tx.update({'kl': jnp.float32(1.0), 'entropy': jnp.float32(1.0)}, tx.init(lam), lam)
+  assert float(updates['kl']) == 2.0 and float(updates['entropy']) == 5.0
+  with pytest.raises(ValueError, match='No multiplier learning rate'):
+    lagrangian.multiplier_optimizer({'kl': 1.0}).init(lam)

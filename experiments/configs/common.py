@@ -30,16 +30,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.likelihood = ml_collections.ConfigDict(dict(
       name='lowrank_gaussian', rank=25, fixed_diag=1e-5, min_variance=1e-5,
       init_variance=0.05, head_init_stddev=1e-5,
-      detach_variance_features=False))
+      detach_variance_features=True))
   config.constraints = ml_collections.ConfigDict(dict(
       kl=dict(enabled=True, target=25.0, kind='eq', damping=10.0,
-              initial_multiplier=0.0),
-      entropy=dict(enabled=True, target=-3300.0, kind='le', damping=10.0,
-                   initial_multiplier=0.0),
+              initial_multiplier=0.0, multiplier_lr=10.0),
+      entropy=dict(enabled=True, target=-3330.0, kind='le', damping=10.0,
+                   initial_multiplier=0.0, multiplier_lr=100.0),
   ))
   config.multiplier_learning_rate = 10.0
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, grad_clip_norm=0.0, variance_lr_scale=1.0))
+      learning_rate=1e-3, grad_clip_norm=0.0, variance_lr_scale=0.1))
   config.batch_size = 64
   config.num_steps = 2500
   config.pretrain_steps = 500

@@ -40,7 +40,7 @@ class ConvDecoderTrunk(nn.Module):
   """z [B, L] -> features [B, H, W, F] at full image resolution.
 
   Mirrors ConvEncoder: a dense layer to the smallest feature map, then one
-  stride-2 transposed conv per entry of `channels` (in reverse order).
+  2x upsampling (resize + 3x3 conv) per entry of `channels`, in reverse.
   """
 
   channels: Sequence[int]
@@ -57,6 +57,9 @@ class ConvDecoderTrunk(nn.Module):
     h = nn.gelu(nn.Dense(h0 * w0 * c0, dtype=self.dtype, name='project')(h))
     h = h.reshape((z.shape[0], h0, w0, c0))
     for i, c in enumerate(reversed(self.channels)):
-      h = nn.ConvTranspose(c, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'deconv{i}')(h)
-      h = nn.gelu(h)
+      # Nearest-neighbour resize then conv: stride-2 transposed 3x3 convs
+      # leave a checkerboard that the covariance factor reproduces in samples.
+      b, hh, ww, cc = h.shape
+      h = jax.image.resize(h, (b, 2 * hh, 2 * ww, cc), 'nearest')
+      h = nn.gelu(nn.Conv(c, (3, 3), dtype=self.dtype, name=f'upconv{i}')(h))
     return h  # (B, H, W, F)
