@@ -167,17 +167,23 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def create_train_state(config, model: nn.Module, tx, multiplier_tx,
                        constraints) -> TrainState:
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((1,) + tuple(config.data.image_shape), jnp.float32)
-  params = model.init({'params': init_rng, 'sample': sample_rng}, dummy)['params']
-  multipliers = lagrangian.init_multipliers(
-      constraints, {k: c.get('initial_multiplier', 0.0)
-                    for k, c in config.constraints.items()})
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), multipliers=multipliers,
-                    multiplier_opt_state=multiplier_tx.init(multipliers),
-                    rng=state_rng)
+  """Fresh parameters, optimizer states and multipliers (built under jit:
+  op-by-op initialisation of the network is several times slower)."""
+  initial = {k: c.get('initial_multiplier', 0.0) for k, c in config.constraints.items()}
+  image_shape = tuple(config.data.image_shape)
+
+  @jax.jit
+  def init(rng):
+    init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
+    dummy = jnp.zeros((1,) + image_shape, jnp.float32)
+    params = model.init({'params': init_rng, 'sample': sample_rng}, dummy)['params']
+    multipliers = lagrangian.init_multipliers(constraints, initial)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), multipliers=multipliers,
+                      multiplier_opt_state=multiplier_tx.init(multipliers),
+                      rng=state_rng)
+
+  return init(jax.random.PRNGKey(config.seed))
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
