@@ -4,11 +4,15 @@
       --workdir=runs/default [--config.likelihood.rank=10 ...]
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sosvae_jax import config_checks
+from sosvae_jax import input_pipeline
 from sosvae_jax import train
 
 FLAGS = flags.FLAGS
@@ -32,7 +36,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_checks.ConfigError, input_pipeline.DataNotFoundError) as e:
+    logging.error('%s', e)
+    sys.exit(2)
+  except train.NonFiniteError as e:
+    logging.error('%s', e)
+    sys.exit(3)
 
 
 if __name__ == '__main__':

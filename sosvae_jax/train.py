@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
@@ -18,6 +19,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from sosvae_jax import config_checks
 from sosvae_jax import input_pipeline
 from sosvae_jax import lagrangian
 from sosvae_jax import metric_writers
@@ -38,6 +40,15 @@ class TrainState:
   multipliers: dict[str, Array]  # lambda_c >= 0, one per constraint
   multiplier_opt_state: Any
   rng: Array  # base key; the step's key is fold_in(rng, step)
+  nonfinite_in_a_row: Array  # int32: consecutive skipped (non-finite) steps
+  nonfinite_total: Array  # int32: all skipped steps of the run
+
+
+def all_finite(tree) -> Array:
+  """True iff every leaf of a pytree of arrays is finite (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 # ----------------------------------------------------------------------------
@@ -105,11 +116,24 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
   mult_updates, mult_state = multiplier_tx.update(
       mult_grads, state.multiplier_opt_state, state.multipliers)
   multipliers = optax.apply_updates(state.multipliers, mult_updates)
+  # A non-finite loss, gradient or update leaves the state as it was; the
+  # step counter still advances so that the data order stays a function of
+  # the step.
+  finite = all_finite((metrics['loss'], grads, mult_grads, params, multipliers))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1).astype(jnp.int32)
+  total = (state.nonfinite_total + jnp.where(finite, 0, 1)).astype(jnp.int32)
   metrics.update({f'multiplier_{k}': v for k, v in state.multipliers.items()})
   metrics['grad_norm'] = optax.global_norm(grads)
   metrics['pretraining'] = pretraining.astype(jnp.float32)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            multipliers=multipliers, multiplier_opt_state=mult_state)
+  metrics['nonfinite_in_a_row'] = in_a_row
+  metrics['nonfinite_total'] = total
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      multipliers=keep(multipliers, state.multipliers),
+      multiplier_opt_state=keep(mult_state, state.multiplier_opt_state),
+      nonfinite_in_a_row=in_a_row, nonfinite_total=total)
   return new_state, metrics
 
 
@@ -181,7 +205,8 @@ def create_train_state(config, model: nn.Module, tx, multiplier_tx,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), multipliers=multipliers,
                       multiplier_opt_state=multiplier_tx.init(multipliers),
-                      rng=state_rng)
+                      rng=state_rng, nonfinite_in_a_row=jnp.zeros((), jnp.int32),
+                      nonfinite_total=jnp.zeros((), jnp.int32))
 
   return init(jax.random.PRNGKey(config.seed))
 
@@ -193,15 +218,81 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-  """The latest checkpoint restored into `state`'s structure, or `state`."""
-  step = manager.latest_step()
-  if step is None:
-    return state
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
+                   workdir: str) -> TrainState:
+  """The newest readable checkpoint restored into `state`'s structure.
+
+  A checkpoint that cannot be read (truncated by a crash, corrupted on disk)
+  or holds non-finite values is moved to workdir/corrupt_checkpoints/ with a
+  warning, and the one before it is tried. With none left, `state` is
+  returned unchanged (a fresh start).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  logging.info('Resumed from checkpoint at step %d.', step)
-  return restored
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      if not bool(all_finite(restored)):
+        raise ValueError('it holds non-finite values')
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for unreadable files.
+      moved = _quarantine_checkpoint(manager, step, workdir)
+      logging.warning('Checkpoint at step %d is unreadable (%s: %s); moved it to %s '
+                      'and trying the one before.', step, type(e).__name__,
+                      str(e).splitlines()[0][:300] if str(e) else '', moved)
+      continue
+    logging.info('Resumed from checkpoint at step %d.', step)
+    return restored
+  return state
+
+
+def _quarantine_checkpoint(manager: ocp.CheckpointManager, step: int,
+                           workdir: str) -> str:
+  """Moves a bad step folder out of the manager's sight; returns the new path."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(workdir, 'corrupt_checkpoints')
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f'{step}_{int(time.time())}')
+  if os.path.exists(source):
+    os.replace(source, target)
+  manager.reload()
+  return target
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int) -> bool:
+  """Saves `state` unless it holds a non-finite value (then logs and skips)."""
+  if not bool(all_finite(state)):
+    logging.error('Not saving step %d: the state holds non-finite values.', step)
+    return False
+  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  return True
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive non-finite steps."""
+
+
+class _StopSignal:
+  """Records SIGTERM (pre-emption) so the loop can checkpoint and exit."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM,):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a notebook worker).
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------
@@ -234,6 +325,39 @@ def _write_figures(workdir, step, params, z, rng, eval_batch, jitted_images,
   return path
 
 
+def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
+                  elapsed: float) -> None:
+  """One progress line: step, loss, constraint values, speed, time left."""
+  eta = (num_steps - step) / max(steps_per_sec, 1e-9)
+  mult = '  '.join(f'{k.replace("multiplier_", "lambda_")} {float(v):.3g}'
+                   for k, v in metrics.items() if k.startswith('multiplier_'))
+  skipped = int(metrics.get('nonfinite_total', 0))
+  logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f  entropy %.1f  %s  '
+               '%.1f steps/s  elapsed %s  left %s%s', step, num_steps,
+               metrics['loss'], metrics['elbo'], metrics['kl'], metrics['entropy'],
+               mult, steps_per_sec, _format_duration(elapsed), _format_duration(eta),
+               f'  skipped {skipped} non-finite steps' if skipped else '')
+
+
+def _check_nonfinite(in_a_row: int, step: int, limit: int,
+                     manager: ocp.CheckpointManager) -> None:
+  """Warns about a skipped step; stops the run after `limit` in a row."""
+  if in_a_row == 0:
+    return
+  logging.warning('Step %d: non-finite loss, gradient or update; parameters and '
+                  'multipliers left unchanged (%d in a row).', step, in_a_row)
+  if in_a_row >= limit:
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    where = (f'the last good checkpoint is step {last} in {manager.directory}'
+             if last is not None else 'no checkpoint was written yet')
+    raise NonFiniteError(
+        f'Stopping at step {step}: {in_a_row} consecutive steps had a non-finite '
+        f'loss or gradient (config.max_nonfinite_steps={limit}); {where}. Lower '
+        'config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, '
+        'then rerun the same command to resume from that checkpoint.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) the model of `config`, writing everything to workdir."""
   workdir = os.path.abspath(workdir)
@@ -241,6 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   is_main = jax.process_index() == 0
 
   # ---------------------------------------------------------------- setup
+  # Bad input stops here with one message, before anything compiles.
+  config_checks.check_config(config, workdir=workdir, num_devices=jax.device_count())
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   train_source = input_pipeline.get_source(config.data, 'train')
@@ -252,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       config.constraints, config.multiplier_learning_rate))
   state = create_train_state(config, model, tx, multiplier_tx, constraints)
   manager = checkpoint_manager(workdir, config)
-  state = restore_latest(manager, state)
+  state = restore_latest(manager, state, workdir)
   start_step = int(state.step)
   state = jax.device_put(state, sharding.replicated(mesh))
   if is_main:
@@ -309,29 +435,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                mesh.devices.size, workdir)
   t_log, step_log = time.time(), start_step
   t_start = time.time()
-  step = start_step
-  for step in range(start_step + 1, config.num_steps + 1):
-    batch = sharding.global_batch(next(batches), mesh)
-    state, metrics = step_fn(state, batch)
-    if step % config.log_every_steps == 0 or step == config.num_steps:
-      metrics = jax.device_get(metrics)
-      now = time.time()
-      steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
-      t_log, step_log = now, step
-      metrics['steps_per_sec'] = steps_per_sec
-      writer.write(step, metrics)
-      eta = (config.num_steps - step) / max(steps_per_sec, 1e-9)
-      mult = '  '.join(f'{k.replace("multiplier_", "lambda_")} {float(v):.3g}'
-                       for k, v in metrics.items() if k.startswith('multiplier_'))
-      logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f  entropy %.1f  %s  '
-                   '%.1f steps/s  elapsed %s  left %s', step, config.num_steps,
-                   metrics['loss'], metrics['elbo'], metrics['kl'], metrics['entropy'],
-                   mult, steps_per_sec, _format_duration(now - t_start),
-                   _format_duration(eta))
-    if step % config.eval_every_steps == 0 or step == config.num_steps:
-      evaluate(step)
-    if step % config.checkpoint_every_steps == 0 or step == config.num_steps:
-      manager.save(step, args=ocp.args.StandardSave(state))
+  max_nonfinite = config.get('max_nonfinite_steps', 20)
+  pending = None  # the previous step's skip counter, read one step late
+  with _StopSignal() as stop:
+    for step in range(start_step + 1, config.num_steps + 1):
+      batch = sharding.global_batch(next(batches), mesh)
+      state, metrics = step_fn(state, batch)
+      # Reading the previous step's counter lets this step run meanwhile.
+      if pending is not None:
+        _check_nonfinite(int(pending), step - 1, max_nonfinite, manager)
+      pending = metrics['nonfinite_in_a_row']
+      if step % config.log_every_steps == 0 or step == config.num_steps:
+        metrics = jax.device_get(metrics)
+        now = time.time()
+        steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
+        t_log, step_log = now, step
+        metrics['steps_per_sec'] = steps_per_sec
+        writer.write(step, metrics)
+        _log_progress(step, config.num_steps, metrics, steps_per_sec, now - t_start)
+      if step % config.eval_every_steps == 0 or step == config.num_steps:
+        evaluate(step)
+      if step % config.checkpoint_every_steps == 0 or step == config.num_steps:
+        save_checkpoint(manager, state, step)
+      if stop.received is not None:
+        saved = save_checkpoint(manager, state, step)
+        manager.wait_until_finished()
+        logging.warning('Received signal %d: %s at step %d; run the same command '
+                        'to resume.', stop.received,
+                        'checkpoint written' if saved else 'no checkpoint written',
+                        step)
+        break
+    if pending is not None:
+      _check_nonfinite(int(pending), step, max_nonfinite, manager)
   if start_step >= config.num_steps:
     logging.info('Nothing to do: checkpoint step %d >= num_steps %d.', start_step,
                  config.num_steps)

@@ -84,8 +84,8 @@ def test_unknown_source_and_dataset():
   cfg = _tfds_cfg('imagenet')
   with pytest.raises(ValueError, match='choose one of'):
     input_pipeline.get_source(cfg, 'train')
-  cfg.source = 'folder'
-  with pytest.raises(ValueError, match="choose 'idx' or 'tfds'"):
+  cfg.source = 'hdf5'
+  with pytest.raises(ValueError, match="'hdf5'"):
     input_pipeline.get_source(cfg, 'train')
 
 

@@ -53,3 +53,12 @@ def test_cli_rejects_unknown_config_field(tmp_path):
   result = _main(tmp_path, '--config.likelihood.rnak=2')
   assert result.returncode != 0
   assert 'rnak' in result.stderr
+
+
+def test_cli_bad_input_exits_with_one_clear_message(tmp_path):
+  result = _main(tmp_path, '--config.likelihood.rank=0', '--config.optimizer.learning_rate=-1')
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'config.likelihood.rank=0' in result.stderr
+  assert 'config.optimizer.learning_rate=-1' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'checkpoints').exists()  # stopped before training

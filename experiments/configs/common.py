@@ -12,6 +12,7 @@ def fashion_mnist_data() -> ml_collections.ConfigDict:
       name='fashion_mnist',
       idx_dir='/usr/share/datasets/fashion-mnist',
       tfds_data_dir='',  # '' = tfds default (~/tensorflow_datasets)
+      folder_dir='',  # source='folder': images, optionally in train/ and test/
       train_split='train',
       eval_split='test',
       image_shape=(28, 28, 1),
@@ -47,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 500
   config.checkpoints_to_keep = 3
+  config.max_nonfinite_steps = 20  # consecutive skipped steps before stopping
   config.eval_examples = 1024
   config.num_figure_images = 10
   return config

@@ -14,7 +14,7 @@ Choices (the paper's settings are for 64x64 CelebA; these are for 28x28x1):
   latent 128; Fashion-MNIST images carry less information and an
   unconstrained VAE of this size settles near 25-35 nats.
 * Entropy ceiling xi_H = -3330 nats. With D = 1e-5 the diagonal alone gives
-  0.5 * 784 * (log(2 pi e) + log 1e-5) = -3400.7 nats, the floor no model can
+  0.5 * 784 * (log(2 pi e) + log 1e-5) = -3400.6 nats, the floor no model can
   go below; the ceiling leaves 70 nats for the 25 factor directions. Runs
   with -3300 give samples that are the mean plus one global brightness
   shift; -3330 gives coherent local variations around a sharp mean.

@@ -1,0 +1,439 @@
+"""Start-up checks of a config: every problem found, in one readable error."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+
+from sosvae_jax import input_pipeline
+from sosvae_jax import lagrangian
+from sosvae_jax import likelihoods
+
+MODELS = ('conv',)
+SAMPLERS = ('prior', 'gmm')
+# Likelihoods that read config.likelihood.rank and fixed_diag.
+LOW_RANK_LIKELIHOODS = ('lowrank_gaussian',)
+# Likelihoods whose variance is at least a diagonal d (fixed_diag, else the
+# learned diagonal's floor min_variance): their entropy is bounded below.
+DIAGONAL_FLOOR_LIKELIHOODS = ('lowrank_gaussian', 'diagonal_gaussian')
+# The constraint values train.loss_fn computes; any other name fails in jit.
+CONSTRAINT_VALUES = ('kl', 'entropy')
+# Fields that change values but not the shapes of parameters or optimizer
+# state: a resumed run may change them without starting afresh.
+NON_STRUCTURAL_FIELDS = (
+    'model.dtype', 'likelihood.min_variance', 'likelihood.init_variance',
+    'likelihood.head_init_stddev', 'likelihood.detach_variance_features')
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+  """A config that cannot train; the message lists every problem, one a line."""
+
+
+def _get(config, field: str, default: Any = _MISSING) -> Any:
+  """config['a.b.c'] by dotted path; `default` where a part is missing."""
+  node = config
+  for part in field.split('.'):
+    if not hasattr(node, 'get') or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def _problem(field: str, value: Any, why: str, fix: str) -> str:
+  return f'config.{field}={value!r}: {why}; {fix}.'
+
+
+def _enabled_constraints(config) -> dict[str, Any]:
+  return {name: c for name, c in config.constraints.items() if c.get('enabled', True)}
+
+
+# ----------------------------------------------------------------------------
+# Names chosen from registries.
+# ----------------------------------------------------------------------------
+def _check_choice(field: str, value: Any, choices: Sequence[str]) -> list[str]:
+  if value in choices:
+    return []
+  flag = f'--config.{field}'
+  return [_problem(field, value, f'unknown, the choices are {tuple(choices)}',
+                   f'pass {flag}={choices[0]} or another of them')]
+
+
+def _check_names(config) -> list[str]:
+  problems = _check_choice('likelihood.name', config.likelihood.name,
+                           sorted(likelihoods.LIKELIHOODS))
+  if config.model.get('name'):
+    problems += _check_choice('model.name', config.model.name, MODELS)
+  problems += _check_choice('data.source', config.data.source, input_pipeline.SOURCES)
+  if config.data.source == 'tfds':
+    problems += _check_choice('data.name', config.data.get('name'),
+                              input_pipeline.TFDS_DATASETS)
+  if config.get('sampler'):
+    problems += _check_choice('sampler', config.sampler, SAMPLERS)
+  for name, c in _enabled_constraints(config).items():
+    if name not in CONSTRAINT_VALUES:
+      problems.append(
+          f'config.constraints.{name}: unknown constraint {name!r}, the train step '
+          f'computes only {CONSTRAINT_VALUES}; rename it to one of them or set '
+          f'--config.constraints.{name}.enabled=False.')
+    problems += _check_choice(f'constraints.{name}.kind', c.get('kind'), lagrangian.KINDS)
+  return problems
+
+
+# ----------------------------------------------------------------------------
+# Shapes: image, strides, rank.
+# ----------------------------------------------------------------------------
+def _image_shape(config) -> tuple[int, int, int] | None:
+  """config.data.image_shape if it is three positive ints, else None."""
+  shape = tuple(config.data.get('image_shape', ()) or ())
+  ok = len(shape) == 3 and all(isinstance(n, int) and n > 0 for n in shape)
+  return shape if ok else None
+
+
+def _check_shapes(config) -> list[str]:
+  problems = []
+  shape = _image_shape(config)
+  if shape is None:
+    problems.append(_problem(
+        'data.image_shape', config.data.get('image_shape'),
+        'must be three positive integers (height, width, channels)',
+        "pass e.g. --config.data.image_shape='(28, 28, 1)'"))
+  elif shape[-1] not in (1, 3):
+    problems.append(_problem(
+        'data.image_shape', shape, f'images are grayscale (C=1) or RGB (C=3), not C={shape[-1]}',
+        'set the last entry to 1 or 3'))
+  channels = tuple(config.model.get('channels', ()) or ())
+  if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
+    problems.append(_problem(
+        'model.channels', channels, 'the encoder needs at least one conv layer, each '
+        'with a positive number of channels', "pass e.g. --config.model.channels='(16, 32)'"))
+  elif shape is not None:
+    problems += _check_strides(shape, channels)
+  latent = config.model.get('latent_dim')
+  if not isinstance(latent, int) or latent <= 0:
+    problems.append(_problem('model.latent_dim', latent, 'must be a positive integer',
+                             'pass e.g. --config.model.latent_dim=32'))
+  if shape is not None and config.likelihood.name in LOW_RANK_LIKELIHOODS:
+    problems += _check_rank(config.likelihood.get('rank'), shape)
+  return problems
+
+
+def _check_strides(shape: tuple[int, int, int], channels: tuple[int, ...]) -> list[str]:
+  """H and W must survive len(channels) halvings (ConvEncoder) exactly."""
+  height, width, _ = shape
+  factor = 2 ** len(channels)
+  if height % factor == 0 and width % factor == 0:
+    return []
+  fits = 0  # The most halvings both sides allow.
+  while height % 2 ** (fits + 1) == 0 and width % 2 ** (fits + 1) == 0:
+    fits += 1
+  sizes = sorted({factor * max(1, n // factor) for n in (height, width)} |
+                 {factor * -(-n // factor) for n in (height, width)})
+  fix = (f'use {fits} channel entr{"y" if fits == 1 else "ies"}' if fits else
+         'no number of channel entries fits this size')
+  fix += f', or image sides divisible by {factor} (e.g. {" or ".join(map(str, sizes))})'
+  return [_problem(
+      'model.channels', channels,
+      f'with config.data.image_shape={shape} the encoder halves the image once per '
+      f'channel entry ({len(channels)} stride-2 convs) and the decoder doubles it back, '
+      f'so H={height} and W={width} must be divisible by 2**{len(channels)} = {factor}',
+      fix)]
+
+
+def _check_rank(rank: Any, shape: tuple[int, int, int]) -> list[str]:
+  size = math.prod(shape)
+  if isinstance(rank, int) and 0 < rank < size:
+    return []
+  h, w, c = shape
+  return [_problem(
+      'likelihood.rank', rank,
+      f'the factor P of the low-rank likelihood needs 1 <= rank < S, the event size '
+      f'S = H*W*C = {h}*{w}*{c} = {size} (rank >= S costs more than a dense covariance)',
+      f'pass --config.likelihood.rank between 1 and {size - 1} (the paper uses 25)')]
+
+
+# ----------------------------------------------------------------------------
+# Numbers: rates, counts, variances.
+# ----------------------------------------------------------------------------
+# (field, strict: value must be > 0, else >= 0; why).
+_SIGNED_FIELDS = (
+    ('optimizer.learning_rate', True, "Adam's step size: 0 never moves the "
+     'parameters and a negative rate climbs the loss'),
+    ('multiplier_learning_rate', True, 'the ascent rate of the Lagrange multipliers: '
+     'with 0 or less they cannot enforce the constraints'),
+    ('optimizer.variance_lr_scale', False, "scales the variance heads' updates: a "
+     'negative scale climbs the loss, 0 freezes them'),
+    ('optimizer.grad_clip_norm', False, 'the global-norm clip, 0 = off; a negative '
+     'norm flips the gradient'),
+    ('batch_size', True, 'the global batch must hold at least one image'),
+    ('num_steps', True, 'the number of training steps'),
+    ('pretrain_steps', False, 'steps with the variance heads frozen, 0 = no pretraining'),
+    ('eval_examples', True, 'evaluation needs at least one test image'),
+    ('num_figure_images', True, 'the figures need at least one image'),
+    ('log_every_steps', True, 'the loop logs when step % log_every_steps == 0'),
+    ('eval_every_steps', True, 'the loop evaluates when step % eval_every_steps == 0'),
+    ('checkpoint_every_steps', True,
+     'the loop saves when step % checkpoint_every_steps == 0'),
+)
+
+
+def _check_sign(field: str, value: Any, strict: bool, why: str) -> list[str]:
+  if value is None or value is _MISSING:
+    return []
+  bound = '> 0' if strict else '>= 0'
+  if isinstance(value, (int, float)) and (value > 0 or (not strict and value == 0)):
+    return []
+  return [_problem(field, value, f'must be {bound} ({why})',
+                   f'set --config.{field} to a value {bound}')]
+
+
+def _check_numbers(config, num_devices: int) -> list[str]:
+  problems = []
+  for field, strict, why in _SIGNED_FIELDS:
+    problems += _check_sign(field, _get(config, field), strict, why)
+  for name, c in _enabled_constraints(config).items():
+    problems += _check_sign(
+        f'constraints.{name}.multiplier_lr', c.get('multiplier_lr'), True,
+        'the ascent rate of this multiplier; 0 does not freeze it but falls back to '
+        'config.multiplier_learning_rate')
+    problems += _check_sign(
+        f'constraints.{name}.damping', c.get('damping'), False,
+        'the penalty c * infeasibility^2: a negative damping rewards violating the '
+        'constraint, 0 = no damping')
+  lik = config.likelihood
+  if lik.name in LOW_RANK_LIKELIHOODS:
+    problems += _check_sign('likelihood.fixed_diag', lik.get('fixed_diag'), True,
+                            'D = fixed_diag * I must be positive definite; None = a '
+                            'learned diagonal')
+  if _learned_diagonal(lik):
+    problems += _check_sign('likelihood.min_variance', lik.get('min_variance'), True,
+                            'the floor of the learned variances keeps log(variance) finite')
+  batch = config.get('batch_size')
+  if isinstance(batch, int) and batch > 0 and batch % num_devices:
+    problems.append(_problem(
+        'batch_size', batch, f'the batch is split evenly over the {num_devices} '
+        f'devices, so it must be a multiple of {num_devices}',
+        f'set --config.batch_size to a multiple of {num_devices}, e.g. '
+        f'{max(num_devices, batch - batch % num_devices)}'))
+  return problems
+
+
+# ----------------------------------------------------------------------------
+# The entropy ceiling.
+# ----------------------------------------------------------------------------
+def _learned_diagonal(lik) -> bool:
+  return lik.name == 'diagonal_gaussian' or (
+      lik.name in LOW_RANK_LIKELIHOODS and lik.get('fixed_diag') is None)
+
+
+def entropy_floor(config) -> tuple[float, str] | None:
+  """The least entropy (nats) p(x|z) can have and the field setting it, or None.
+
+  Sigma = P P^T + D with D >= d I: the entropy 0.5 * log det(2 pi e Sigma) is
+  at least 0.5 * S * (log(2 pi e) + log d), since P P^T only adds to the
+  log-determinant. d is likelihood.fixed_diag, or with a learned diagonal
+  its floor likelihood.min_variance. None for other likelihoods or an
+  invalid shape or variance.
+  """
+  lik = config.likelihood
+  shape = _image_shape(config)
+  if lik.name not in DIAGONAL_FLOOR_LIKELIHOODS or shape is None:
+    return None
+  field = 'min_variance' if _learned_diagonal(lik) else 'fixed_diag'
+  d = lik.get(field)
+  if not isinstance(d, (int, float)) or d <= 0:
+    return None
+  floor = 0.5 * math.prod(shape) * (math.log(2 * math.pi * math.e) + math.log(d))
+  return floor, f'likelihood.{field}'
+
+
+def _check_entropy_target(config) -> list[str]:
+  entropy = _enabled_constraints(config).get('entropy')
+  floor = entropy_floor(config)
+  if entropy is None or floor is None:
+    return []
+  target = entropy.get('target')
+  value, field = floor
+  if not isinstance(target, (int, float)) or target >= value:
+    return []
+  smallest = math.ceil(value * 10) / 10
+  what = 'learned diagonal (at its floor)' if field.endswith('min_variance') else 'fixed diagonal'
+  return [_problem(
+      'constraints.entropy.target', target,
+      f'infeasible: the {what} alone gives p(x|z) an entropy of '
+      f'0.5*S*(log(2*pi*e) + log d) = {value:.1f} nats (d = config.{field} = '
+      f'{_get(config, field)!r}, S = {math.prod(_image_shape(config))}) and P P^T only '
+      'adds entropy',
+      f'set --config.constraints.entropy.target to at least {smallest}, the smallest '
+      'feasible target (the margin above it is the entropy left for P)')]
+
+
+# ----------------------------------------------------------------------------
+# Data on disk.
+# ----------------------------------------------------------------------------
+def _check_idx(data) -> list[str]:
+  problems, missing = [], []
+  directory = data.get('idx_dir', input_pipeline.DEFAULT_IDX_DIR)
+  for field in ('train_split', 'eval_split'):
+    split = data.get(field)
+    if split not in input_pipeline.IDX_FILES:
+      problems += _check_choice(f'data.{field}', split, sorted(input_pipeline.IDX_FILES))
+      continue
+    path = os.path.join(directory, input_pipeline.IDX_FILES[split][0])
+    if not (os.path.exists(path) or os.path.exists(path + '.gz')):
+      missing.append(path + '[.gz]')
+  if missing:
+    problems.append(_problem(
+        'data.idx_dir', directory, f'Fashion-MNIST IDX file(s) {", ".join(missing)} '
+        'not found', 'install them with `sudo apt-get install dataset-fashion-mnist` '
+        '(Debian/Ubuntu), or set --config.data.idx_dir to a folder holding the IDX '
+        'files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])'))
+  shape = tuple(data.get('image_shape', ()) or ())
+  if shape != (28, 28, 1):
+    problems.append(_problem('data.image_shape', shape, 'IDX images are 28x28 grayscale',
+                             "pass --config.data.image_shape='(28, 28, 1)'"))
+  return problems
+
+
+def _check_tfds(data) -> list[str]:
+  if data.get('name') not in input_pipeline.TFDS_DATASETS:
+    return []  # Reported by _check_names.
+  for split in ('train', 'eval'):
+    try:
+      input_pipeline.get_source(data, split)
+    except input_pipeline.DataNotFoundError as e:
+      # One line is enough: the same command prepares every split.
+      return [f'config.data.name={data.name!r} (source tfds): {e}']
+  return []
+
+
+def _check_folder(data) -> list[str]:
+  folder_dir = data.get('folder_dir')
+  if not folder_dir:
+    return [_problem('data.folder_dir', folder_dir, "source 'folder' reads its images "
+                     'from this folder', 'set --config.data.folder_dir to a folder of images')]
+  problems = []
+  for split, other in ((data.train_split, data.eval_split),
+                       (data.eval_split, data.train_split)):
+    try:
+      input_pipeline.folder_image_paths(folder_dir, split, other)
+    except input_pipeline.DataNotFoundError as e:
+      if str(e) not in problems:  # A missing folder fails both splits alike.
+        problems.append(str(e))
+  problems = [f'config.data.folder_dir={folder_dir!r}: {p}' for p in problems]
+  if data.get('centre_crop'):
+    problems.append(_problem('data.centre_crop', data.centre_crop, 'folder images are '
+                             'neither cropped nor resized', 'set it to 0 and store '
+                             'the images at config.data.image_shape'))
+  return problems
+
+
+_DATA_CHECKS: dict[str, Callable[[Any], list[str]]] = {
+    'idx': _check_idx, 'tfds': _check_tfds, 'folder': _check_folder}
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints of another model.
+# ----------------------------------------------------------------------------
+def _normalise(value: Any) -> Any:
+  return tuple(_normalise(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def structure_signature(config: Mapping[str, Any]) -> dict[str, Any]:
+  """{field: value} of what fixes the shapes of parameters and optimizer state.
+
+  `config` is a plain dict as written to workdir/config.json (tuples as
+  lists); compare two configs after the same JSON round trip.
+  """
+  sig = {}
+  for section in ('model', 'likelihood'):
+    for key, value in (config.get(section) or {}).items():
+      if f'{section}.{key}' not in NON_STRUCTURAL_FIELDS:
+        sig[f'{section}.{key}'] = _normalise(value)
+  sig.setdefault('model.name', 'conv')
+  lik = config.get('likelihood') or {}
+  if lik.get('name') in LOW_RANK_LIKELIHOODS:
+    # The value of a fixed D is no parameter; whether a diagonal head exists is.
+    learned = lik.get('fixed_diag') is None
+    sig['likelihood.fixed_diag'] = ('None (learned diagonal head)' if learned
+                                    else 'a number (no diagonal head)')
+  else:  # Read only by low-rank likelihoods.
+    sig.pop('likelihood.rank', None)
+    sig.pop('likelihood.fixed_diag', None)
+  sig['data.image_shape'] = _normalise((config.get('data') or {}).get('image_shape'))
+  constraints = config.get('constraints') or {}
+  sig['constraints (enabled)'] = tuple(sorted(
+      n for n, c in constraints.items() if c.get('enabled', True)))
+  clip = (config.get('optimizer') or {}).get('grad_clip_norm') or 0
+  sig['optimizer.grad_clip_norm'] = 'on (> 0)' if clip else 'off (0)'
+  return sig
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _check_workdir(config, workdir: str) -> list[str]:
+  steps = _checkpoint_steps(workdir)
+  path = os.path.join(workdir, 'config.json')
+  if not steps or not os.path.isfile(path):
+    return []
+  try:
+    with open(path) as f:
+      old = structure_signature(json.load(f))
+  except (OSError, ValueError, AttributeError) as e:
+    # Unreadable: resuming may still work, and restoring will say if not.
+    logging.warning('Cannot compare with %s (%s); not checking the checkpoints.', path, e)
+    return []
+  new = structure_signature(json.loads(config.to_json_best_effort()))
+  diffs = [f'config.{k} was {old.get(k)!r}, now {new.get(k)!r}'
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  if not diffs:
+    return []
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  return [f'--workdir={workdir!r} holds checkpoints (steps {steps[0]}..{steps[-1]}) of '
+          f'a different model, which cannot be resumed: {"; ".join(diffs)}. Pass a '
+          f'new --workdir, or delete {checkpoints} to start fresh.']
+
+
+# ----------------------------------------------------------------------------
+# Entry point.
+# ----------------------------------------------------------------------------
+def check_config(config: ml_collections.ConfigDict, *, workdir: str | None = None,
+                 num_devices: int | None = None) -> None:
+  """Raises one ConfigError listing every problem of `config`, if any.
+
+  Run at start-up, before anything compiles: names against the registries,
+  shapes against the network's strides and the rank, signs of rates and
+  counts, the entropy ceiling against its floor, the data on disk, and the
+  checkpoints already in `workdir`.
+
+  Args:
+    config: the experiment config.
+    workdir: the run's folder, if any checkpoints there should be compared.
+    num_devices: devices the batch is split over (default jax.device_count()).
+  """
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  problems = _check_names(config)
+  problems += _check_shapes(config)
+  problems += _check_numbers(config, num_devices)
+  problems += _check_entropy_target(config)
+  if config.data.source in _DATA_CHECKS:
+    problems += _DATA_CHECKS[config.data.source](config.data)
+  if workdir is not None:
+    problems += _check_workdir(config, workdir)
+  if problems:
+    lines = '\n'.join(f'  - {p}' for p in problems)
+    raise ConfigError(f'The config has {len(problems)} problem(s); fix them and run '
+                      f'again:\n{lines}')

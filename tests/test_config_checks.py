@@ -1,0 +1,272 @@
+"""check_config: one ConfigError naming field, value and fix for each problem."""
+
+import math
+import os
+
+import pytest
+
+from experiments.configs import beta_vae
+from experiments.configs import default
+from sosvae_jax import config_checks
+from sosvae_jax.config_checks import ConfigError
+
+REAL_IDX = '/usr/share/datasets/fashion-mnist'
+needs_idx = pytest.mark.skipif(not os.path.exists(REAL_IDX),
+                               reason='Debian dataset-fashion-mnist not installed')
+
+
+_FAKE_IDX_DIR = None  # Set by _fake_idx_dir: tests need no real data.
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fake_idx_dir(tmp_path_factory):
+  """Empty IDX files: the checker only looks whether they exist."""
+  global _FAKE_IDX_DIR
+  _FAKE_IDX_DIR = tmp_path_factory.mktemp('idx')
+  for name in ('train-images-idx3-ubyte', 't10k-images-idx3-ubyte'):
+    (_FAKE_IDX_DIR / name).touch()
+
+
+def _smoke(experiment=default, **overrides):
+  """The ':smoke' config with dotted-path overrides, e.g. likelihood__rank=0."""
+  config = experiment.get_config('smoke')
+  config.unlock()
+  config.data.idx_dir = str(_FAKE_IDX_DIR)
+  for path, value in overrides.items():
+    *parents, leaf = path.split('__')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _error(config, **kwargs) -> str:
+  kwargs.setdefault('num_devices', 1)
+  with pytest.raises(ConfigError) as info:
+    config_checks.check_config(config, **kwargs)
+  return str(info.value)
+
+
+def _assert_mentions(message: str, *parts: str):
+  for part in parts:
+    assert part in message, f'{part!r} not in:\n{message}'
+
+
+# ----------------------------------------------------------------------------
+# Valid configs.
+# ----------------------------------------------------------------------------
+@needs_idx
+@pytest.mark.parametrize('experiment', [default, beta_vae], ids=['default', 'beta_vae'])
+@pytest.mark.parametrize('arg', [None, 'smoke'])
+def test_shipped_configs_pass(experiment, arg, tmp_path):
+  config_checks.check_config(experiment.get_config(arg), workdir=str(tmp_path))
+
+
+def test_problems_are_collected_into_one_error():
+  message = _error(_smoke(likelihood__rank=0, batch_size=-8, num_steps=0))
+  assert 'The config has 3 problem(s)' in message
+  assert len([l for l in message.splitlines() if l.startswith('  - config.')]) == 3
+
+
+# ----------------------------------------------------------------------------
+# Names.
+# ----------------------------------------------------------------------------
+def test_unknown_likelihood():
+  _assert_mentions(_error(_smoke(likelihood__name='lowrank')),
+                   "config.likelihood.name='lowrank'", 'lowrank_gaussian',
+                   'diagonal_gaussian')
+
+
+def test_unknown_model():
+  _assert_mentions(_error(_smoke(model__name='resnet')),
+                   "config.model.name='resnet'", "('conv',)")
+
+
+def test_unknown_source():
+  _assert_mentions(_error(_smoke(data__source='hdf5')),
+                   "config.data.source='hdf5'", "'idx', 'tfds', 'folder'")
+
+
+def test_unknown_tfds_dataset():
+  _assert_mentions(_error(_smoke(data__source='tfds', data__name='imagenet')),
+                   "config.data.name='imagenet'", 'celeb_a')
+
+
+def test_unknown_sampler():
+  _assert_mentions(_error(_smoke(sampler='flow')),
+                   "config.sampler='flow'", "('prior', 'gmm')")
+  config_checks.check_config(_smoke(sampler='gmm'), num_devices=1)
+
+
+def test_unknown_constraint_kind():
+  _assert_mentions(_error(_smoke(constraints__kl__kind='ge')),
+                   "config.constraints.kl.kind='ge'", "('eq', 'le')")
+
+
+def test_unknown_constraint_name():
+  config = _smoke()
+  config.constraints.mse = dict(enabled=True, target=0.1, kind='le', damping=1.0)
+  _assert_mentions(_error(config), 'config.constraints.mse', "('kl', 'entropy')")
+
+
+# ----------------------------------------------------------------------------
+# Shapes.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize('rank', [0, -2, 784, 1000])
+def test_rank_out_of_range(rank):
+  _assert_mentions(_error(_smoke(likelihood__rank=rank)),
+                   f'config.likelihood.rank={rank}', 'S = H*W*C = 28*28*1 = 784',
+                   'between 1 and 783')
+
+
+def test_rank_is_ignored_by_diagonal_likelihoods():
+  config_checks.check_config(_smoke(beta_vae, likelihood__rank=0), num_devices=1)
+
+
+def test_image_size_the_strides_cannot_produce():
+  message = _error(_smoke(model__channels=(4, 8, 16)))
+  _assert_mentions(message, 'config.model.channels=(4, 8, 16)',
+                   'config.data.image_shape=(28, 28, 1)', 'divisible by 2**3 = 8',
+                   'use 2 channel entries', '24 or 32')
+
+
+def test_malformed_image_shape():
+  _assert_mentions(_error(_smoke(data__image_shape=(28, 28))),
+                   'config.data.image_shape=(28, 28)', 'three positive integers')
+
+
+# ----------------------------------------------------------------------------
+# Numbers.
+# ----------------------------------------------------------------------------
+def test_batch_not_divisible_by_devices():
+  message = _error(_smoke(batch_size=10), num_devices=4)
+  _assert_mentions(message, 'config.batch_size=10', '4 devices', 'multiple of 4', 'e.g. 8')
+  config_checks.check_config(_smoke(batch_size=12), num_devices=4)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('batch_size', 0),
+    ('optimizer__learning_rate', 0.0),
+    ('multiplier_learning_rate', -1.0),
+    ('constraints__kl__multiplier_lr', 0.0),
+    ('constraints__entropy__damping', -1.0),
+    ('num_steps', 0),
+    ('eval_examples', 0),
+    ('num_figure_images', -1),
+    ('pretrain_steps', -1),
+    ('optimizer__variance_lr_scale', -0.1),
+    ('optimizer__grad_clip_norm', -1.0),
+    ('likelihood__fixed_diag', 0.0),
+    ('eval_every_steps', 0),
+])
+def test_out_of_range_numbers(field, value):
+  message = _error(_smoke(**{field: value}))
+  _assert_mentions(message, f'config.{field.replace("__", ".")}={value!r}', 'must be >')
+
+
+def test_zero_is_allowed_where_it_means_off():
+  config_checks.check_config(
+      _smoke(pretrain_steps=0, optimizer__variance_lr_scale=0.0,
+             constraints__kl__damping=0.0, constraints__kl__multiplier_lr=None),
+      num_devices=1)
+
+
+def test_settings_of_disabled_constraints_are_not_checked():
+  config_checks.check_config(
+      _smoke(beta_vae, constraints__entropy__multiplier_lr=-1.0,
+             constraints__entropy__kind='ge', constraints__entropy__target=-1e9),
+      num_devices=1)
+
+
+# ----------------------------------------------------------------------------
+# The entropy ceiling.
+# ----------------------------------------------------------------------------
+def test_entropy_ceiling_below_the_fixed_diagonal():
+  floor = 0.5 * 784 * (math.log(2 * math.pi * math.e) + math.log(1e-5))  # -3400.62
+  message = _error(_smoke(constraints__entropy__target=-3500.0))
+  _assert_mentions(message, 'config.constraints.entropy.target=-3500.0', 'infeasible',
+                   f'{floor:.1f} nats', 'config.likelihood.fixed_diag = 1e-05',
+                   'at least -3400.6')
+  config_checks.check_config(_smoke(constraints__entropy__target=-3400.6), num_devices=1)
+
+
+def test_entropy_ceiling_below_the_learned_diagonal_floor():
+  floor = 0.5 * 784 * (math.log(2 * math.pi * math.e) + math.log(1e-3))  # -1595.4
+  message = _error(_smoke(likelihood__fixed_diag=None, likelihood__min_variance=1e-3))
+  _assert_mentions(message, 'config.constraints.entropy.target=-3330.0',
+                   f'{floor:.1f} nats', 'config.likelihood.min_variance = 0.001',
+                   'learned diagonal')
+
+
+# ----------------------------------------------------------------------------
+# Data on disk.
+# ----------------------------------------------------------------------------
+def test_missing_idx_files(tmp_path):
+  message = _error(_smoke(data__idx_dir=str(tmp_path)))
+  _assert_mentions(message, f'config.data.idx_dir={str(tmp_path)!r}',
+                   'train-images-idx3-ubyte[.gz]', 't10k-images-idx3-ubyte[.gz]',
+                   'sudo apt-get install dataset-fashion-mnist', '--config.data.idx_dir')
+
+
+def test_idx_files_plain_or_gz(tmp_path):
+  (tmp_path / 'train-images-idx3-ubyte').touch()
+  (tmp_path / 't10k-images-idx3-ubyte.gz').touch()
+  config_checks.check_config(_smoke(data__idx_dir=str(tmp_path)), num_devices=1)
+  (tmp_path / 't10k-images-idx3-ubyte.gz').unlink()
+  message = _error(_smoke(data__idx_dir=str(tmp_path)))
+  _assert_mentions(message, f'file(s) {tmp_path}/t10k-images-idx3-ubyte[.gz] not found')
+
+
+def test_unprepared_tfds_dataset(tmp_path):
+  config = _smoke(data__source='tfds', data__name='cifar10',
+                  data__image_shape=(32, 32, 3), data__tfds_data_dir=str(tmp_path))
+  _assert_mentions(_error(config), "config.data.name='cifar10' (source tfds)",
+                   'tfds build cifar10 --file_format=array_record')
+
+
+def test_missing_or_empty_image_folder(tmp_path):
+  missing = str(tmp_path / 'nope')
+  _assert_mentions(_error(_smoke(data__source='folder', data__folder_dir=missing)),
+                   f'config.data.folder_dir={missing!r}', 'does not exist')
+  message = _error(_smoke(data__source='folder', data__folder_dir=str(tmp_path)))
+  _assert_mentions(message, 'holds no image files')
+  assert message.count('holds no image files') == 1  # Not once per split.
+  _assert_mentions(_error(_smoke(data__source='folder')), 'config.data.folder_dir')
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints of another model.
+# ----------------------------------------------------------------------------
+def _workdir_with_checkpoints(tmp_path, config):
+  (tmp_path / 'checkpoints' / '6').mkdir(parents=True)
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  return str(tmp_path)
+
+
+def test_workdir_with_checkpoints_of_another_model(tmp_path):
+  workdir = _workdir_with_checkpoints(tmp_path, _smoke())
+  config = _smoke(likelihood__rank=2, model__channels=(8, 8))
+  config.constraints.entropy.enabled = False
+  message = _error(config, workdir=workdir)
+  _assert_mentions(message, f'--workdir={workdir!r}', 'steps 6..6',
+                   'config.likelihood.rank was 3, now 2',
+                   'config.model.channels was (8, 16), now (8, 8)',
+                   "config.constraints (enabled) was ('entropy', 'kl'), now ('kl',)",
+                   'new --workdir', f'delete {workdir}/checkpoints')
+
+
+def test_workdir_resumes_after_changes_that_keep_the_structure(tmp_path):
+  workdir = _workdir_with_checkpoints(tmp_path, _smoke())
+  config = _smoke(constraints__entropy__target=-3300.0, likelihood__fixed_diag=1e-6,
+                  likelihood__init_variance=0.1, num_steps=100)
+  config_checks.check_config(config, workdir=workdir, num_devices=1)
+  # A learned diagonal adds a head, though.
+  _assert_mentions(_error(_smoke(likelihood__fixed_diag=None), workdir=workdir),
+                   'config.likelihood.fixed_diag was')
+
+
+def test_workdir_without_config_json_is_not_compared(tmp_path):
+  (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
+  config_checks.check_config(_smoke(likelihood__rank=2), workdir=str(tmp_path),
+                             num_devices=1)

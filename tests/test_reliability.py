@@ -1,0 +1,185 @@
+"""A crash loses nothing and numbers stay finite (issue 9's train-loop cases)."""
+
+import functools
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.configs import default
+from sosvae_jax import lagrangian
+from sosvae_jax import train
+from sosvae_jax.models import build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MOCK_MAIN = """
+import sys
+import tensorflow_datasets as tfds
+from absl import app
+from experiments import main
+with tfds.testing.mock_data(num_examples=64):
+  app.run(main.main, argv=[sys.argv[0]] + sys.argv[1:])
+"""
+
+
+def _config(**overrides):
+  config = default.get_config('smoke')
+  config.data.source = 'tfds'
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def _run(config, workdir):
+  with tfds.testing.mock_data(num_examples=64):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def _restore(workdir, step, like):
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  manager.close()
+  return state
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ---------------------------------------------------------------- non-finite
+def test_nonfinite_step_leaves_state_unchanged_and_is_counted():
+  config = _config(**{'optimizer.learning_rate': 1e38})  # step 1 -> huge params
+  model = build_model(config)
+  tx = train.make_optimizer(config)
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  mtx = lagrangian.multiplier_optimizer(10.0)
+  state = train.create_train_state(config, model, tx, mtx, constraints)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
+                                   constraints=constraints, pretrain_steps=0))
+  batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  after_one, _ = step(state, batch)
+  assert int(after_one.nonfinite_in_a_row) == 0
+  after_two, metrics = step(after_one, batch)
+  assert not np.isfinite(float(metrics['loss']))
+  assert int(after_two.step) == 2  # the data order still advances
+  assert int(after_two.nonfinite_in_a_row) == 1 and int(after_two.nonfinite_total) == 1
+  _assert_same((after_two.params, after_two.opt_state, after_two.multipliers),
+               (after_one.params, after_one.opt_state, after_one.multipliers))
+  assert bool(train.all_finite(after_two))
+
+
+def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
+  config = _config(**{'optimizer.learning_rate': 1e38, 'max_nonfinite_steps': 3,
+                      'num_steps': 12, 'checkpoint_every_steps': 2, 'eval_every_steps': 100,
+                      'pretrain_steps': 0})
+  with pytest.raises(train.NonFiniteError, match=r'Stopping at step \d+: 3 consecutive .*'
+                     r'last good checkpoint is step \d+'):
+    _run(config, tmp_path)
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps
+  like = train.create_train_state(config, build_model(config), train.make_optimizer(config),
+                                  lagrangian.multiplier_optimizer(10.0),
+                                  lagrangian.constraints_from_config(config.constraints))
+  for s in steps:  # no checkpoint holds a non-finite value
+    assert bool(train.all_finite(_restore(str(tmp_path), s, like)))
+
+
+def test_save_refuses_nonfinite_state(tmp_path):
+  config = _config()
+  state = train.create_train_state(config, build_model(config), train.make_optimizer(config),
+                                   lagrangian.multiplier_optimizer(10.0),
+                                   lagrangian.constraints_from_config(config.constraints))
+  bad = state.replace(multipliers={k: jnp.float32(np.nan) for k in state.multipliers})
+  manager = train.checkpoint_manager(str(tmp_path), config)
+  assert not train.save_checkpoint(manager, bad, 1)
+  assert train.save_checkpoint(manager, state, 2)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [2]
+  manager.close()
+
+
+# ---------------------------------------------------------------- corrupt checkpoint
+def test_corrupt_latest_checkpoint_is_skipped(tmp_path, caplog):
+  straight = _run(_config(), tmp_path / 'a')
+  _run(_config(), tmp_path / 'b')  # checkpoints 3 and 6
+  data = tmp_path / 'b' / 'checkpoints' / '6'
+  for path in data.rglob('*'):
+    if path.is_file() and path.stat().st_size > 0 and 'd' in path.parts[-2:-1]:
+      path.write_bytes(path.read_bytes()[:7])  # truncated mid-write
+  with caplog.at_level(logging.WARNING):
+    resumed = _run(_config(), tmp_path / 'b')
+  assert 'Checkpoint at step 6 is unreadable' in caplog.text
+  assert os.listdir(tmp_path / 'b' / 'corrupt_checkpoints')
+  _assert_same(straight.params, resumed.params)
+
+
+# ---------------------------------------------------------------- signals
+def _start(workdir, *flags):
+  cmd = [sys.executable, '-c', MOCK_MAIN, '--config=experiments/configs/default.py:smoke',
+         f'--workdir={workdir}', '--config.data.source=tfds', *flags]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def _wait_for(predicate, proc, timeout=300):
+  start = time.time()
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError('run ended early:\n' + proc.stderr.read()[-3000:])
+    if time.time() - start > timeout:
+      raise AssertionError('timed out')
+    time.sleep(0.05)
+
+
+def _checkpoints(workdir):
+  path = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
+
+
+LONG = ['--config.num_steps=3000', '--config.checkpoint_every_steps=200',
+        '--config.log_every_steps=50', '--config.eval_every_steps=3000']
+
+
+def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
+  proc = _start(tmp_path, '--config.num_steps=100000', '--config.checkpoint_every_steps=100000',
+                '--config.log_every_steps=10', '--config.eval_every_steps=100000')
+  _wait_for(lambda: (tmp_path / 'metrics.jsonl').exists(), proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'Received signal 15: checkpoint written at step' in err
+  steps = _checkpoints(tmp_path)
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+
+
+def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path):
+  config = _config(**{'num_steps': 3000, 'checkpoint_every_steps': 200,
+                      'log_every_steps': 50, 'eval_every_steps': 3000})
+  reference = _run(config, tmp_path / 'reference')
+  proc = _start(tmp_path / 'killed', *LONG)
+  _wait_for(lambda: len(_checkpoints(tmp_path / 'killed')) >= 1, proc)
+  proc.kill()  # SIGKILL: no handler runs
+  proc.communicate()
+  assert _checkpoints(tmp_path / 'killed')[-1] < 3000, 'the run finished before the kill'
+  again = _start(tmp_path / 'killed', *LONG)
+  _, err = again.communicate(timeout=600)
+  assert again.returncode == 0, err[-3000:]
+  assert 'Resumed from checkpoint at step' in err
+  resumed = _restore(str(tmp_path / 'killed'), 3000, reference)
+  _assert_same(reference, resumed)
