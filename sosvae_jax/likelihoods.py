@@ -86,21 +86,21 @@ class LowRankGaussianLikelihood(nn.Module):
     return LowRankMultivariateNormal(mean, factor, diag)
 
 
+def _gaussian_head_kwargs(cfg, channels: int) -> dict[str, Any]:
+  """Fields every Gaussian head shares, with their defaults."""
+  return dict(channels=channels, min_variance=cfg.get('min_variance', 1e-5),
+              init_variance=cfg.get('init_variance', 0.05),
+              head_init_stddev=cfg.get('head_init_stddev', 1e-5),
+              detach_variance_features=cfg.get('detach_variance_features', False))
+
+
 def _diagonal(cfg, channels: int) -> nn.Module:
-  return DiagonalGaussianLikelihood(
-      channels=channels, min_variance=cfg.get('min_variance', 1e-5),
-      init_variance=cfg.get('init_variance', 0.05),
-      head_init_stddev=cfg.get('head_init_stddev', 1e-5),
-      detach_variance_features=cfg.get('detach_variance_features', False))
+  return DiagonalGaussianLikelihood(**_gaussian_head_kwargs(cfg, channels))
 
 
 def _lowrank(cfg, channels: int) -> nn.Module:
-  return LowRankGaussianLikelihood(
-      channels=channels, rank=cfg.rank, fixed_diag=cfg.get('fixed_diag', 1e-5),
-      min_variance=cfg.get('min_variance', 1e-5),
-      init_variance=cfg.get('init_variance', 0.05),
-      head_init_stddev=cfg.get('head_init_stddev', 1e-5),
-      detach_variance_features=cfg.get('detach_variance_features', False))
+  return LowRankGaussianLikelihood(rank=cfg.rank, fixed_diag=cfg.get('fixed_diag', 1e-5),
+                                   **_gaussian_head_kwargs(cfg, channels))
 
 
 LIKELIHOODS: dict[str, Callable[[Any, int], nn.Module]] = {

@@ -1,6 +1,5 @@
 """A crash loses nothing and numbers stay finite (issue 9's train-loop cases)."""
 
-import functools
 import logging
 import os
 import pathlib
@@ -15,11 +14,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
+import train_fixtures
 
 from experiments.configs import default
-from sosvae_jax import lagrangian
 from sosvae_jax import train
-from sosvae_jax.models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOCK_MAIN = """
@@ -65,14 +63,8 @@ def _assert_same(a, b):
 # ---------------------------------------------------------------- non-finite
 def test_nonfinite_step_leaves_state_unchanged_and_is_counted():
   config = _config(**{'optimizer.learning_rate': 1e38})  # step 1 -> huge params
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(10.0)
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                                   constraints=constraints, pretrain_steps=0))
-  batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  _, state, step = train_fixtures.smoke_step(config)
+  batch = train_fixtures.random_batch(0)
   after_one, _ = step(state, batch)
   assert int(after_one.nonfinite_in_a_row) == 0
   after_two, metrics = step(after_one, batch)
@@ -93,18 +85,14 @@ def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
     _run(config, tmp_path)
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps
-  like = train.create_train_state(config, build_model(config), train.make_optimizer(config),
-                                  lagrangian.multiplier_optimizer(10.0),
-                                  lagrangian.constraints_from_config(config.constraints))
+  _, like, _ = train_fixtures.smoke_step(config)
   for s in steps:  # no checkpoint holds a non-finite value
     assert bool(train.all_finite(_restore(str(tmp_path), s, like)))
 
 
 def test_save_refuses_nonfinite_state(tmp_path):
   config = _config()
-  state = train.create_train_state(config, build_model(config), train.make_optimizer(config),
-                                   lagrangian.multiplier_optimizer(10.0),
-                                   lagrangian.constraints_from_config(config.constraints))
+  _, state, _ = train_fixtures.smoke_step(config)
   bad = state.replace(multipliers={k: jnp.float32(np.nan) for k in state.multipliers})
   manager = train.checkpoint_manager(str(tmp_path), config)
   assert not train.save_checkpoint(manager, bad, 1)

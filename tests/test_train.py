@@ -1,20 +1,17 @@
 """End to end: smoke configs train, log, draw, checkpoint and resume exactly."""
 
-import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+import train_fixtures
 
 from experiments.configs import beta_vae
 from experiments.configs import default
-from sosvae_jax import lagrangian
 from sosvae_jax import metric_writers
 from sosvae_jax import train
-from sosvae_jax.models import build_model
 
 REQUIRED = {'step', 'loss', 'elbo', 'kl', 'log_likelihood', 'entropy', 'steps_per_sec',
             'multiplier_kl', 'multiplier_entropy'}
@@ -68,15 +65,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_pretraining_freezes_variance_heads_then_releases_them():
-  config = default.get_config('smoke')
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(1.0)
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                                   constraints=constraints, pretrain_steps=2))
-  batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  _, state, step = train_fixtures.smoke_step(pretrain_steps=2)
+  batch = train_fixtures.random_batch(0)
   head = lambda s: s.params['likelihood']['factor']['factor_head']['kernel']
   mean_head = lambda s: s.params['likelihood']['mean']['mean_head']['kernel']
   first = state
@@ -94,35 +84,20 @@ def test_step_updates_multipliers_by_reference_rule():
   """Inside the jitted step: lambda_kl' = max(0, lambda_kl + KL - xi_KL)."""
   config = default.get_config('smoke')
   config.constraints.kl.target = 0.0  # any KL > 0 violates it
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(1.0)
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                                   constraints=constraints, pretrain_steps=0))
-  batch = jnp.asarray(np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
-  new, metrics = step(state, batch)
+  _, state, step = train_fixtures.smoke_step(config, multiplier_lr=1.0)
+  new, metrics = step(state, train_fixtures.random_batch(1))
   assert float(new.multipliers['kl']) == pytest.approx(float(metrics['kl']), rel=1e-6)
   expected_h = max(0.0, float(metrics['entropy']) - config.constraints.entropy.target)
   assert float(new.multipliers['entropy']) == pytest.approx(expected_h, rel=1e-6, abs=1e-6)
 
 
 def test_variance_lr_scale_scales_only_variance_head_updates():
-  config = default.get_config('smoke')
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(1.0)
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  batch = jnp.asarray(np.random.default_rng(2).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8))
+  batch = train_fixtures.random_batch(2)
   head = lambda s: np.asarray(s.params['likelihood']['factor']['factor_head']['kernel'])
   mean_head = lambda s: np.asarray(s.params['likelihood']['mean']['mean_head']['kernel'])
   moved = {}
   for scale in (1.0, 0.5, 0.0):
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                                     constraints=constraints, pretrain_steps=0,
-                                     variance_lr_scale=scale))
+    _, state, step = train_fixtures.smoke_step(variance_lr_scale=scale)
     new, _ = step(state, batch)
     moved[scale] = (head(new) - head(state), mean_head(new) - mean_head(state))
   np.testing.assert_allclose(moved[0.5][0], 0.5 * moved[1.0][0], rtol=1e-5, atol=1e-12)
