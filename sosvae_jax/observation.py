@@ -20,6 +20,7 @@ import numpy as np
 
 from sosvae_jax.distributions.lowrank import LowRankMultivariateNormal
 from sosvae_jax.distributions.lowrank import LowRankNoise
+from sosvae_jax.distributions.lowrank import lowrank_log_prob
 
 Array = jax.Array
 
@@ -629,3 +630,46 @@ def pca_samples(key: Array, fit: PCAFit, num: int) -> Array:
   rank = fit.variances.shape[0]
   z = jax.random.normal(key, (num, rank), fit.mean.dtype)
   return fit.mean + (z * jnp.sqrt(fit.variances)) @ fit.components.T
+
+
+def fit_lowrank_observation_model(data: Array, rank: int, *, steps: int = 2000,
+                                  learning_rate: float = 0.02, seed: int = 0,
+                                  isotropic: bool = True) -> dict[str, Array]:
+  """The model without deep learning (sosvae_tmlr2022.txt section 4.5).
+
+  mu, P and the diagonal of N(mu, P P^T + D) are learned directly by Adam on
+  the average log-likelihood of data [N, S] (full batch, cosine-decayed
+  rate). With an isotropic D = sigma^2 I this is probabilistic PCA, whose
+  maximum is known in closed form (`ppca_max_likelihood`): the fit should
+  reach it.
+
+  Returns:
+    {'loc' [S], 'cov_factor' [S, R], 'cov_diag' [S], 'log_likelihood' [steps]
+    (the average log-likelihood before each step)}.
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+  data = jnp.asarray(data)
+  _, size = data.shape
+  key = jax.random.PRNGKey(seed)
+  params = {
+      'loc': jnp.mean(data, 0),
+      'cov_factor': 0.01 * jax.random.normal(key, (size, rank), data.dtype),
+      'log_diag': jnp.log(jnp.var(data)) * (jnp.ones(()) if isotropic else jnp.ones(size)),
+  }
+  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+
+  def average_log_likelihood(p):
+    diag = jnp.broadcast_to(jnp.exp(p['log_diag']), (size,))
+    return jnp.mean(lowrank_log_prob(data, p['loc'], p['cov_factor'], diag))
+
+  def step(carry, _):
+    p, opt_state = carry
+    value, grads = jax.value_and_grad(lambda q: -average_log_likelihood(q))(p)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state), -value
+
+  (params, _), history = jax.jit(
+      lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(params)
+  return {'loc': params['loc'], 'cov_factor': params['cov_factor'],
+          'cov_diag': jnp.broadcast_to(jnp.exp(params['log_diag']), (size,)),
+          'log_likelihood': history}

@@ -93,3 +93,11 @@ def observation_panel(mean: np.ndarray, sample: np.ndarray,
 
 def save_png(image: np.ndarray, path: str) -> None:
   Image.fromarray(image).save(path)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """uint8 [H, W, 3] -> PNG file contents (for IPython.display.Image)."""
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  return buffer.getvalue()

@@ -215,7 +215,56 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.get('checkpoints_to_keep', 3), create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+                               options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _leaf_shapes(tree, prefix: str = '') -> dict[str, tuple | None]:
+  """{'a/b/c': shape} for every leaf of a nested dict (array or metadata)."""
+  if not isinstance(tree, dict):
+    shape = getattr(tree, 'shape', None)
+    return {prefix: tuple(shape) if shape is not None else None}
+  out = {}
+  for key, value in tree.items():
+    out.update(_leaf_shapes(value, f'{prefix}/{key}' if prefix else str(key)))
+  return out
+
+
+def check_checkpoint_structure(manager: ocp.CheckpointManager, step: int,
+                               state: TrainState) -> None:
+  """Raises ConfigError if checkpoint `step` holds another model or format.
+
+  A structural mismatch is not corruption: the checkpoint is fine but belongs
+  to a different model (or an older sosvae_jax), so it is left in place and
+  the user decides. Unreadable metadata returns silently (the restore that
+  follows reports it as corrupt).
+  """
+  try:
+    saved = manager.item_metadata(step)
+    saved = getattr(saved, 'tree', saved)
+  except Exception:  # pylint: disable=broad-except
+    return
+  if not isinstance(saved, dict):
+    return
+  expected = flax.serialization.to_state_dict(state)
+  problems = []
+  if set(saved) != set(expected):
+    problems.append(f'saved fields {sorted(saved)} but this code expects {sorted(expected)}')
+  else:
+    saved_params = _leaf_shapes(saved['params'])
+    expected_params = _leaf_shapes(expected['params'])
+    diff = sorted(k for k in set(saved_params) | set(expected_params)
+                  if saved_params.get(k, 'missing') != expected_params.get(k, 'missing'))
+    if diff:
+      shown = ', '.join(f'{k} {saved_params.get(k, "missing")} -> '
+                        f'{expected_params.get(k, "missing")}' for k in diff[:4])
+      problems.append(f'parameters differ at {shown}{" ..." if len(diff) > 4 else ""}')
+  if problems:
+    raise config_checks.ConfigError(
+        f'Checkpoint at step {step} in {manager.directory} was written for a '
+        f'different model or an older sosvae_jax ({"; ".join(problems)}), so it '
+        'cannot be resumed. Pass a new --workdir, or move that checkpoints '
+        'folder away to start fresh.')
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
@@ -229,6 +278,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   for step in sorted(manager.all_steps(), reverse=True):
+    check_checkpoint_structure(manager, step, state)
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
       if not bool(all_finite(restored)):

@@ -558,3 +558,19 @@ def test_pca_reconstruction_and_samples():
                              atol=1e-10)  # in the principal subspace
   with pytest.raises(ValueError, match='rank'):
     observation.pca_fit(data, 12)
+
+
+def test_model_without_deep_learning_reaches_ppca_maximum():
+  """Section 4.5: mu, P, sigma^2 learned by Adam reach the closed-form PPCA."""
+  from sosvae_jax import observation
+  rng = np.random.default_rng(11)
+  data = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 10)) * 0.5
+          + 0.1 * rng.normal(size=(300, 10)) + 0.3).astype(np.float32)
+  fit = observation.fit_lowrank_observation_model(data, 3, steps=1500, learning_rate=0.05)
+  mu, factor, sigma2 = observation.ppca_max_likelihood(data, 3)
+  closed = float(observation.ppca_log_likelihood(data, mu, factor, sigma2))
+  trained = float(observation.ppca_log_likelihood(data, fit['loc'], fit['cov_factor'],
+                                                  fit['cov_diag'][0]))
+  assert trained <= closed + 1e-3  # the closed form is the maximum
+  assert trained == pytest.approx(closed, abs=2e-3)
+  np.testing.assert_allclose(float(fit['cov_diag'][0]), float(sigma2), rtol=2e-2)

@@ -171,3 +171,17 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path):
   assert 'Resumed from checkpoint at step' in err
   resumed = _restore(str(tmp_path / 'killed'), 1500, reference)
   _assert_same(reference, resumed)
+
+
+def test_checkpoint_of_another_model_is_refused_not_quarantined(tmp_path):
+  """Structure mismatch is not corruption: stop with a message, move nothing."""
+  from sosvae_jax import config_checks
+  _run(_config(**{'likelihood.rank': 3}), tmp_path)
+  other, state, _ = train_fixtures.smoke_step(_config(**{'likelihood.rank': 2}))
+  manager = train.checkpoint_manager(str(tmp_path), other)
+  with pytest.raises(config_checks.ConfigError, match=r'step 6 .*different model.*'
+                     r'parameters differ at .*factor_head'):
+    train.restore_latest(manager, state, str(tmp_path))
+  manager.close()
+  assert _checkpoints(tmp_path) == [3, 6]
+  assert not (tmp_path / 'corrupt_checkpoints').exists()

@@ -1,0 +1,48 @@
+"""Command line: the SOS-VAE paper's figures from a run's latest checkpoint.
+
+  python -m experiments.figures --workdir=runs/default \
+      [--out=runs/default/paper_figures] [--seed=0] [--ppca_examples=2000]
+
+Writes figure2.png, figure4.png ... figure7.png and figure7.json (see
+sosvae_jax/figures.py); figures 4-7 only for the low-rank likelihood.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from sosvae_jax import figures
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Workdir of a training run (config.json, checkpoints/).')
+flags.DEFINE_string('out', None, 'Output folder; default WORKDIR/paper_figures.')
+flags.DEFINE_integer('seed', 0, 'Seed of the prior samples and the noises.')
+flags.DEFINE_integer('num_samples', 8, 'Prior samples (columns of Figure 2).')
+flags.DEFINE_integer('example', 0, 'Prior sample (column of Figure 2) used by Figures 4-6.')
+flags.DEFINE_integer('ppca_examples', 2000, 'Training images the PPCA of Figure 7 is fitted to.')
+flags.DEFINE_enum('figure5_mode', 'scale', ['scale', 'set'],
+                  "Figure 5: 'scale' multiplies the sample's coefficient (eq. 5), "
+                  "'set' sets it to the scale in standard deviations.")
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  try:
+    written = figures.render_figures(
+        FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,
+        example=FLAGS.example,
+        ppca_examples=FLAGS.ppca_examples, figure5_mode=FLAGS.figure5_mode)
+  except (FileNotFoundError, ValueError) as e:
+    logging.error('%s', e)
+    sys.exit(2)
+  for name, path in written.items():
+    print(f'{name}: {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)
