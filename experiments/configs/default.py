@@ -6,6 +6,11 @@ Run (about 8 minutes on 2 CPU cores, 2500 steps of batch 64):
   python -m experiments.main --config=experiments/configs/default.py:smoke \
       --workdir=/tmp/smoke        # seconds, for tests
 
+Expected (measured from a fresh clone, test set after 2500 steps): KL 24.0
+(target 25), entropy -3332.3 (ceiling -3330), MSE of means 0.027; samples
+differ from the mean by coherent object-shaped regions (lag-1
+autocorrelation of sample - mean 0.98).
+
 Choices (the paper's settings are for 64x64 CelebA; these are for 28x28x1):
 * Likelihood: low-rank normal N(mu, P P^T + D) of rank 25 (as in the paper's
   figures), D fixed at 1e-5 I (the paper's footnote 1), head weights
