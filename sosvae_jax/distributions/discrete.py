@@ -323,20 +323,31 @@ class BernoulliImage(distrax.Distribution):
         return draws.astype(jnp.float32)
 
 
-class CategoricalImage(distrax.Distribution):
-    """Independent 256-way categorical per subpixel (sigma-VAE section 3.2)."""
+class _LevelLogitsImage(distrax.Distribution):
+    """Shared shell of decoders with logits [..., H, W, C, K] per subpixel.
+
+    Subclasses set `_num_logits`, `_unit` (for the error message) and
+    `_level_log_prob(logits, levels)`, the per-subpixel log p of 8-bit levels.
+    """
+
+    _num_logits: int
+    _unit: str
 
     def __init__(self, logits: Array):
-        """logits: [..., H, W, C, 256]."""
         super().__init__()
         self._logits = jnp.asarray(logits)
         self._check_parameters()
 
     def _check_parameters(self) -> None:
         shape = self._logits.shape
-        _check_min_ndim('logits', shape, EVENT_NDIM + 1, f'[..., H, W, C, {NUM_LEVELS}]')
-        if shape[-1] != NUM_LEVELS:
-            raise ValueError(f'`logits` must end in {NUM_LEVELS} levels, got shape {shape}.')
+        _check_min_ndim('logits', shape, EVENT_NDIM + 1, f'[..., H, W, C, {self._num_logits}]')
+        if shape[-1] != self._num_logits:
+            raise ValueError(
+                f'`logits` must end in {self._num_logits} {self._unit}, got shape {shape}.')
+
+    @staticmethod
+    def _level_log_prob(logits: Array, levels: Array) -> Array:
+        raise NotImplementedError
 
     @property
     def logits(self) -> Array:
@@ -354,11 +365,22 @@ class CategoricalImage(distrax.Distribution):
         """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
         levels = image_to_levels(value)
         _check_value_shape(self.name, levels, self.event_shape)
-        return categorical_log_prob(self._logits, levels)
+        return self._level_log_prob(self._logits, levels)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
         return _sum_event(self.subpixel_log_prob(value))
+
+
+class CategoricalImage(_LevelLogitsImage):
+    """Independent 256-way categorical per subpixel (sigma-VAE section 3.2).
+
+    logits: [..., H, W, C, 256].
+    """
+
+    _num_logits = NUM_LEVELS
+    _unit = 'levels'
+    _level_log_prob = staticmethod(categorical_log_prob)
 
     def mean(self) -> Array:
         """[..., H, W, C] expected intensity sum_k p(k) k / 255."""
@@ -372,47 +394,18 @@ class CategoricalImage(distrax.Distribution):
         return levels_to_image(levels)
 
 
-class BitwiseCategoricalImage(distrax.Distribution):
+class BitwiseCategoricalImage(_LevelLogitsImage):
     """Each 8-bit level as 8 independent Bernoulli bits, most significant first.
 
-    logits[..., 0] is the bit of weight 128 and logits[..., 7] the bit of
-    weight 1 (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D): 8
-    numbers per subpixel instead of the categorical's 256.
+    logits [..., H, W, C, 8]: logits[..., 0] is the bit of weight 128 and
+    logits[..., 7] the bit of weight 1
+    (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D): 8 numbers per
+    subpixel instead of the categorical's 256.
     """
 
-    def __init__(self, logits: Array):
-        """logits: [..., H, W, C, 8]."""
-        super().__init__()
-        self._logits = jnp.asarray(logits)
-        self._check_parameters()
-
-    def _check_parameters(self) -> None:
-        shape = self._logits.shape
-        _check_min_ndim('logits', shape, EVENT_NDIM + 1, f'[..., H, W, C, {NUM_BITS}]')
-        if shape[-1] != NUM_BITS:
-            raise ValueError(f'`logits` must end in {NUM_BITS} bits, got shape {shape}.')
-
-    @property
-    def logits(self) -> Array:
-        return self._logits
-
-    @property
-    def event_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[-EVENT_NDIM - 1:-1])
-
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[:-EVENT_NDIM - 1])
-
-    def subpixel_log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
-        levels = image_to_levels(value)
-        _check_value_shape(self.name, levels, self.event_shape)
-        return bitwise_log_prob(self._logits, levels)
-
-    def log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
-        return _sum_event(self.subpixel_log_prob(value))
+    _num_logits = NUM_BITS
+    _unit = 'bits'
+    _level_log_prob = staticmethod(bitwise_log_prob)
 
     def mean(self) -> Array:
         """[..., H, W, C] E[k] / 255 = sum_b sigmoid(l_b) 2^(7-b) / 255."""

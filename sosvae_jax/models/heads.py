@@ -24,15 +24,6 @@ def small_normal_init(stddev: float):
   return nn.initializers.normal(stddev=stddev)
 
 
-def _conv(features: int, name: str, kernel_init=None, bias_init=None) -> nn.Conv:
-  kwargs = {}
-  if kernel_init is not None:
-    kwargs['kernel_init'] = kernel_init
-  if bias_init is not None:
-    kwargs['bias_init'] = bias_init
-  return nn.Conv(features, (3, 3), padding='SAME', name=name, **kwargs)
-
-
 class MeanHead(nn.Module):
   """features [B, H, W, F] -> mean [B, S] (row-major flattening of H, W, C)."""
 
