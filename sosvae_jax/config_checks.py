@@ -429,6 +429,9 @@ def check_config(config: ml_collections.ConfigDict, *, workdir: str | None = Non
   problems += _check_shapes(config)
   problems += _check_numbers(config, num_devices)
   problems += _check_entropy_target(config)
+  entry = likelihoods.LIKELIHOODS.get(config.likelihood.name)
+  if entry is not None and entry.config_problems is not None:
+    problems += entry.config_problems(config)
   if config.data.source in _DATA_CHECKS:
     problems += _DATA_CHECKS[config.data.source](config.data)
   if workdir is not None:

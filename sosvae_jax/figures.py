@@ -63,6 +63,12 @@ class RestoredRun(NamedTuple):
   model: Any  # flax.linen VAE
   params: Any
   step: int
+  model_state: Any = None  # running statistics of the head ({} for most)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """What `model.apply` takes: {'params': ..., **model_state}."""
+    return train.model_variables(self.params, self.model_state)
 
 
 # ------------------------------------------------------------- restoring ----
@@ -89,20 +95,28 @@ def _abstract_train_state(config, model) -> train.TrainState:
       config, model, train.make_optimizer(config), multiplier_tx, constraints))
 
 
-def _restore_params(manager, step: int, abstract_params) -> Any:
-  """Parameters of one checkpoint, checked against the model's shapes.
+def _restore_params(manager, step: int, abstract_state) -> tuple[Any, Any]:
+  """Parameters and model state of one checkpoint, checked against the model.
 
-  Only `params` is taken from the saved state, so a checkpoint written before
-  a TrainState field was added still gives its figures.
+  Only `params` and `model_state` are taken from the saved state, so a
+  checkpoint written before another TrainState field was added still gives
+  its figures; a model without running statistics needs no model_state.
   """
   saved = manager.restore(step, args=ocp.args.StandardRestore())
-  params = saved['params']
-  mismatch = jax.tree.map(lambda a, b: a.shape != np.shape(b), abstract_params,
-                          params)
-  if any(jax.tree.leaves(mismatch)):
-    raise ValueError('parameter shapes differ from the model of config.json')
-  return jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), abstract_params,
-                      params)
+  restored = []
+  for field in ('params', 'model_state'):
+    abstract = getattr(abstract_state, field)
+    if not jax.tree.leaves(abstract):
+      restored.append(abstract if field == 'params' else {})
+      continue
+    if field not in saved:
+      raise ValueError(f'the checkpoint has no {field}')
+    value = saved[field]
+    mismatch = jax.tree.map(lambda a, b: a.shape != np.shape(b), abstract, value)
+    if any(jax.tree.leaves(mismatch)):
+      raise ValueError(f'{field} shapes differ from the model of config.json')
+    restored.append(jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), abstract, value))
+  return tuple(restored)
 
 
 def restore_run(workdir: str) -> RestoredRun:
@@ -114,7 +128,7 @@ def restore_run(workdir: str) -> RestoredRun:
   """
   config = load_config(workdir)
   model = build_model(config)
-  abstract_params = _abstract_train_state(config, model).params
+  abstract_state = _abstract_train_state(config, model)
   manager = train.checkpoint_manager(workdir, config)
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
@@ -122,7 +136,7 @@ def restore_run(workdir: str) -> RestoredRun:
                             'first (python -m experiments.main).')
   for step in steps:
     try:
-      params = _restore_params(manager, step, abstract_params)
+      params, model_state = _restore_params(manager, step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and TensorStore raise many types for unreadable files.
       logging.warning('Cannot read checkpoint %d (%s: %s); trying the one '
@@ -130,7 +144,7 @@ def restore_run(workdir: str) -> RestoredRun:
       continue
     manager.close()
     logging.info('Restored parameters of step %d from %s.', step, workdir)
-    return RestoredRun(config, model, params, step)
+    return RestoredRun(config, model, params, step, model_state)
   manager.close()
   raise FileNotFoundError(f'No readable checkpoint under {manager.directory} '
                           f'(tried steps {steps}).')
@@ -142,15 +156,14 @@ def decode(run: RestoredRun, z: Array) -> distrax.Distribution:
   The low-rank normal is decoded under jit and rebuilt from its arrays; other
   distrax distributions do not cross a jit boundary and are decoded eagerly.
   """
-  apply = lambda params, z: run.model.apply({'params': params}, z,
-                                            method='decode')
+  apply = lambda variables, z: run.model.apply(variables, z, method='decode')
 
-  def lowrank_parts(params, z):
-    dist = apply(params, z)
+  def lowrank_parts(variables, z):
+    dist = apply(variables, z)
     return (dist.loc, dist.cov_factor, dist.cov_diag) if is_lowrank(dist) else None
 
-  parts = jax.jit(lowrank_parts)(run.params, z)
-  return LowRankMultivariateNormal(*parts) if parts else apply(run.params, z)
+  parts = jax.jit(lowrank_parts)(run.variables, z)
+  return LowRankMultivariateNormal(*parts) if parts else apply(run.variables, z)
 
 
 def is_lowrank(dist: distrax.Distribution) -> bool:

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from absl import logging
+import distrax
 import flax
 import flax.linen as nn
 import jax
@@ -36,6 +37,9 @@ Array = jax.Array
 class TrainState:
   step: Array  # int32 scalar
   params: Any
+  # Flax collections other than params, e.g. 'likelihood_stats' (running
+  # statistics of a likelihood head); {} for most models.
+  model_state: Any
   opt_state: Any
   multipliers: dict[str, Array]  # lambda_c >= 0, one per constraint
   multiplier_opt_state: Any
@@ -62,32 +66,96 @@ def variance_head_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(is_variance, params)
 
 
-def loss_fn(params, multipliers, batch: Array, rng: Array, *, model: nn.Module,
-            constraints: Mapping[str, lagrangian.Constraint]):
+# Flax collections a likelihood head may use (see likelihoods.py).
+STATS_COLLECTION = 'likelihood_stats'
+PENALTY_COLLECTION = 'penalties'
+# Collections of model.init that are not state: sown values are per call.
+_NOT_STATE = ('params', PENALTY_COLLECTION, 'intermediates')
+
+
+def model_variables(params, model_state) -> dict[str, Any]:
+  """The variables of `model.apply`: parameters plus running statistics."""
+  return {'params': params, **(model_state or {})}
+
+
+def to_event(dist: distrax.Distribution, x: Array) -> Array:
+  """Images x [B, H, W, C] reshaped to (B,) + the distribution's event shape."""
+  return x.reshape(x.shape[:1] + tuple(dist.event_shape))
+
+
+def entropy_or_none(dist: distrax.Distribution) -> Array | None:
+  """dist.entropy(), or None for distributions without a closed form."""
+  try:
+    return dist.entropy()
+  except NotImplementedError:
+    return None
+
+
+def variance_or_estimate(dist: distrax.Distribution, rng: Array,
+                         num_samples: int = 16) -> Array:
+  """dist.variance(); a Monte Carlo estimate where there is no closed form."""
+  try:
+    return dist.variance()
+  except NotImplementedError:
+    draws = dist.sample(seed=rng, sample_shape=(num_samples,))
+    return jnp.var(draws, axis=0, ddof=1)
+
+
+def sown_penalties(collection) -> dict[str, Array]:
+  """{name: scalar} from the 'penalties' collection (sow keeps tuples)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(collection or {}))
+  out: dict[str, Array] = {}
+  for path, values in flat.items():
+    name = path[-1]
+    total = sum(jnp.sum(v) for v in (values if isinstance(values, tuple) else (values,)))
+    out[name] = out.get(name, 0.0) + total
+  return out
+
+
+def loss_fn(params, multipliers, model_state, batch: Array, rng: Array,
+            step: Array, *, model: nn.Module,
+            constraints: Mapping[str, lagrangian.Constraint],
+            kl_weight: float = 1.0):
   """Negative Lagrangian of sosvae_tmlr2022.txt eq. 3 on one batch.
 
   Every per-image term is summed over its event dims, then averaged over the
-  (global) batch; constraint values are those batch means.
+  (global) batch; constraint values are those batch means. Returns the loss
+  and (metrics, updated model_state).
   """
   x = input_pipeline.preprocess(batch)  # (B, H, W, C)
-  out = model.apply({'params': params}, x, rngs={'sample': rng})
-  x_flat = x.reshape((x.shape[0], -1))  # (B, S)
-  log_lik = out.observation.log_prob(x_flat)  # (B,)
+  mutable = [PENALTY_COLLECTION] + [k for k in model_state if k == STATS_COLLECTION]
+  out, updates = model.apply(model_variables(params, model_state), x, train=True,
+                             step=step, rngs={'sample': rng}, mutable=mutable)
+  dist = out.observation
+  log_lik = dist.log_prob(to_event(dist, x))  # (B,)
   kl = objectives.gaussian_kl(out.posterior_mean, out.posterior_log_var)  # (B,)
-  entropy = out.observation.entropy()  # (B,)
-  values = {'kl': jnp.mean(kl), 'entropy': jnp.mean(entropy)}
+  values = {'kl': jnp.mean(kl)}
+  entropy = entropy_or_none(dist)
+  if entropy is not None:
+    values['entropy'] = jnp.mean(entropy)
+  elif 'entropy' in constraints:
+    raise ValueError(f'{type(dist).__name__} has no closed-form entropy, so the '
+                     'entropy constraint cannot be used with it; set '
+                     'config.constraints.entropy.enabled=False.')
   loss = -jnp.mean(log_lik) + lagrangian.constraint_loss(values, multipliers, constraints)
-  if 'kl' not in constraints:  # No KL constraint: the plain ELBO.
-    loss += values['kl']
+  if 'kl' not in constraints:  # No KL constraint: the ELBO, KL weighted by beta.
+    loss += kl_weight * values['kl']
+  penalties = sown_penalties(updates.get(PENALTY_COLLECTION))
+  for value in penalties.values():
+    loss += value
   metrics = {
       'loss': loss,
       'log_likelihood': jnp.mean(log_lik),
       'kl': values['kl'],
-      'entropy': values['entropy'],
       'elbo': jnp.mean(objectives.elbo(log_lik, kl)),
-      'mse': jnp.mean(jnp.square(out.observation.mean() - x_flat)),
+      'mse': jnp.mean(jnp.square(dist.mean().reshape(x.shape) - x)),
   }
-  return loss, metrics
+  if entropy is not None:
+    metrics['entropy'] = values['entropy']
+  metrics.update({f'penalty_{k}': v for k, v in penalties.items()})
+  new_model_state = dict(model_state)
+  new_model_state.update({k: v for k, v in updates.items() if k != PENALTY_COLLECTION})
+  return loss, (metrics, new_model_state)
 
 
 def train_step(state: TrainState, batch: Array, *, model: nn.Module,
@@ -95,14 +163,16 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
                multiplier_tx: optax.GradientTransformation,
                constraints: Mapping[str, lagrangian.Constraint],
                pretrain_steps: int,
-               variance_lr_scale: float = 1.0) -> tuple[TrainState, dict[str, Array]]:
+               variance_lr_scale: float = 1.0,
+               kl_weight: float = 1.0) -> tuple[TrainState, dict[str, Array]]:
   """One step: descent on the network, projected ascent on the multipliers."""
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, model=model, constraints=constraints),
+      functools.partial(loss_fn, model=model, constraints=constraints,
+                        kl_weight=kl_weight),
       argnums=(0, 1), has_aux=True)
-  (_, metrics), (grads, mult_grads) = grad_fn(state.params, state.multipliers,
-                                              batch, rng)
+  (_, (metrics, model_state)), (grads, mult_grads) = grad_fn(
+      state.params, state.multipliers, state.model_state, batch, rng, state.step)
   # Mean-head pretraining: variance heads frozen (sosvae_tmlr2022.txt 3.3).
   pretraining = state.step < pretrain_steps
   grads = jax.tree.map(lambda g, frozen: jnp.where(frozen & pretraining, 0.0, g),
@@ -119,7 +189,8 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
   # A non-finite loss, gradient or update leaves the state as it was; the
   # step counter still advances so that the data order stays a function of
   # the step.
-  finite = all_finite((metrics['loss'], grads, mult_grads, params, multipliers))
+  finite = all_finite((metrics['loss'], grads, mult_grads, params, multipliers,
+                       model_state))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1).astype(jnp.int32)
   total = (state.nonfinite_total + jnp.where(finite, 0, 1)).astype(jnp.int32)
@@ -130,6 +201,7 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
   metrics['nonfinite_total'] = total
   new_state = state.replace(
       step=state.step + 1, params=keep(params, state.params),
+      model_state=keep(model_state, state.model_state),
       opt_state=keep(opt_state, state.opt_state),
       multipliers=keep(multipliers, state.multipliers),
       multiplier_opt_state=keep(mult_state, state.multiplier_opt_state),
@@ -137,42 +209,51 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
   return new_state, metrics
 
 
-def eval_step(params, batch: Array, rng: Array, *, model: nn.Module) -> dict[str, Array]:
-  """ELBO terms on a held-out batch (one posterior sample)."""
+def eval_step(variables, batch: Array, rng: Array, *, model: nn.Module) -> dict[str, Array]:
+  """ELBO terms on a held-out batch (one posterior sample).
+
+  `variables` is `model_variables(params, model_state)`.
+  """
   x = input_pipeline.preprocess(batch)
-  out = model.apply({'params': params}, x, rngs={'sample': rng})
-  x_flat = x.reshape((x.shape[0], -1))
-  log_lik = out.observation.log_prob(x_flat)
+  out = model.apply(variables, x, rngs={'sample': rng})
+  dist = out.observation
+  log_lik = dist.log_prob(to_event(dist, x))
   kl = objectives.gaussian_kl(out.posterior_mean, out.posterior_log_var)
-  return {
+  metrics = {
       'log_likelihood': jnp.mean(log_lik),
       'kl': jnp.mean(kl),
       'elbo': jnp.mean(log_lik - kl),
-      'entropy': jnp.mean(out.observation.entropy()),
-      'mse': jnp.mean(jnp.square(out.observation.mean() - x_flat)),
+      'mse': jnp.mean(jnp.square(dist.mean().reshape(x.shape) - x)),
   }
+  entropy = entropy_or_none(dist)
+  if entropy is not None:
+    metrics['entropy'] = jnp.mean(entropy)
+  return metrics
 
 
-def observation_images(params, z: Array, rng: Array, *, model: nn.Module,
+def observation_images(variables, z: Array, rng: Array, *, model: nn.Module,
                        image_shape) -> dict[str, Array]:
   """Mean, one sample and per-pixel variance of p(x|z), as images."""
-  dist = model.apply({'params': params}, z, method=lambda m, z: m.decode(z))
+  dist = model.apply(variables, z, method=lambda m, z: m.decode(z))
   shape = (z.shape[0],) + tuple(image_shape)
+  sample_rng, variance_rng = jax.random.split(rng)
   return {
       'mean': dist.mean().reshape(shape),
-      'sample': dist.sample(seed=rng).reshape(shape),
-      'variance': dist.variance().reshape(shape),
+      'sample': dist.sample(seed=sample_rng).reshape(shape),
+      'variance': variance_or_estimate(dist, variance_rng).reshape(shape),
   }
 
 
-def reconstruction_images(params, batch: Array, rng: Array, *,
+def reconstruction_images(variables, batch: Array, rng: Array, *,
                           model: nn.Module) -> dict[str, Array]:
   """Input, and mean, sample and variance of p(x|z) for z ~ q(z|x)."""
   x = input_pipeline.preprocess(batch)
-  out = model.apply({'params': params}, x, rngs={'sample': rng})
-  return {'input': x, 'mean': out.observation.mean().reshape(x.shape),
-          'sample': out.observation.sample(seed=rng).reshape(x.shape),
-          'variance': out.observation.variance().reshape(x.shape)}
+  out = model.apply(variables, x, rngs={'sample': rng})
+  dist = out.observation
+  sample_rng, variance_rng = jax.random.split(rng)
+  return {'input': x, 'mean': dist.mean().reshape(x.shape),
+          'sample': dist.sample(seed=sample_rng).reshape(x.shape),
+          'variance': variance_or_estimate(dist, variance_rng).reshape(x.shape)}
 
 
 # ----------------------------------------------------------------------------
@@ -200,9 +281,12 @@ def create_train_state(config, model: nn.Module, tx, multiplier_tx,
   def init(rng):
     init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
     dummy = jnp.zeros((1,) + image_shape, jnp.float32)
-    params = model.init({'params': init_rng, 'sample': sample_rng}, dummy)['params']
+    variables = model.init({'params': init_rng, 'sample': sample_rng}, dummy)
+    params = variables['params']
+    model_state = {k: v for k, v in variables.items() if k not in _NOT_STATE}
     multipliers = lagrangian.init_multipliers(constraints, initial)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      model_state=model_state,
                       opt_state=tx.init(params), multipliers=multipliers,
                       multiplier_opt_state=multiplier_tx.init(multipliers),
                       rng=state_rng, nonfinite_in_a_row=jnp.zeros((), jnp.int32),
@@ -355,17 +439,17 @@ def _format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def _write_figures(workdir, step, params, z, rng, eval_batch, jitted_images,
+def _write_figures(workdir, step, variables, z, rng, eval_batch, jitted_images,
                    jitted_recon, writer) -> str:
   """Figure-2-style PNGs for prior samples and reconstructions."""
   fig_dir = os.path.join(workdir, 'figures')
   os.makedirs(fig_dir, exist_ok=True)
-  prior = jax.device_get(jitted_images(params, z, rng))
+  prior = jax.device_get(jitted_images(variables, z, rng))
   panel = plotting.observation_panel(prior['mean'], prior['sample'], prior['variance'])
   path = os.path.join(fig_dir, f'samples_{step:07d}.png')
   plotting.save_png(panel, path)
   writer.write_image(step, 'samples', panel)
-  recon = jax.device_get(jitted_recon(params, eval_batch, rng))
+  recon = jax.device_get(jitted_recon(variables, eval_batch, rng))
   panel = plotting.grid(
       [plotting.to_rgb(recon['input']), plotting.to_rgb(recon['mean']),
        plotting.to_rgb(recon['sample']), plotting.heat(recon['variance'])],
@@ -375,6 +459,42 @@ def _write_figures(workdir, step, params, z, rng, eval_batch, jitted_images,
   return path
 
 
+def lower_switch_steps(model_state, step: int):
+  """Every `switch_step` statistic later than `step` set to `step`.
+
+  Heads with stages (lin2019_balancing_elbo_learned_variance.txt Algorithm 1)
+  compare the train step with their 'switch_step' variable inside jit; the
+  loop lowers it when the ELBO stops improving.
+  """
+  def lower(path, value):
+    if getattr(path[-1], 'key', None) == 'switch_step':
+      return jnp.minimum(value, jnp.asarray(step, value.dtype))
+    return value
+  return jax.tree_util.tree_map_with_path(lower, model_state)
+
+
+class _PlateauWatch:
+  """Says once when the eval ELBO stops improving (switch_on_plateau)."""
+
+  def __init__(self, likelihood_config):
+    self.enabled = bool(likelihood_config.get('switch_on_plateau', False))
+    self.tolerance = float(likelihood_config.get('plateau_tolerance', 0.0))
+    self.patience = int(likelihood_config.get('plateau_patience', 1))
+    self.best = -np.inf
+    self.bad = 0
+    self.fired = False
+
+  def stalled(self, elbo: float) -> bool:
+    if not self.enabled or self.fired:
+      return False
+    if elbo > self.best + self.tolerance:
+      self.best, self.bad = elbo, 0
+      return False
+    self.bad += 1
+    self.fired = self.bad >= self.patience
+    return self.fired
+
+
 def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
                   elapsed: float) -> None:
   """One progress line: step, loss, constraint values, speed, time left."""
@@ -382,9 +502,10 @@ def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
   mult = '  '.join(f'{k.replace("multiplier_", "lambda_")} {float(v):.3g}'
                    for k, v in metrics.items() if k.startswith('multiplier_'))
   skipped = int(metrics.get('nonfinite_total', 0))
-  logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f  entropy %.1f  %s  '
+  entropy = f'  entropy {float(metrics["entropy"]):.1f}' if 'entropy' in metrics else ''
+  logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f%s  %s  '
                '%.1f steps/s  elapsed %s  left %s%s', step, num_steps,
-               metrics['loss'], metrics['elbo'], metrics['kl'], metrics['entropy'],
+               metrics['loss'], metrics['elbo'], metrics['kl'], entropy,
                mult, steps_per_sec, _format_duration(elapsed), _format_duration(eta),
                f'  skipped {skipped} non-finite steps' if skipped else '')
 
@@ -438,7 +559,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, multiplier_tx=multiplier_tx,
                         constraints=constraints, pretrain_steps=config.pretrain_steps,
-                        variance_lr_scale=config.optimizer.get('variance_lr_scale', 1.0)),
+                        variance_lr_scale=config.optimizer.get('variance_lr_scale', 1.0),
+                        kl_weight=config.get('kl_weight', 1.0)),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
       out_shardings=sharding.replicated(mesh), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model=model))
@@ -466,18 +588,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   def evaluate(step):
     rng = jax.random.PRNGKey(config.seed + 2)
-    results = [eval_fn(state.params, b, jax.random.fold_in(rng, i))
+    variables = model_variables(state.params, state.model_state)
+    results = [eval_fn(variables, b, jax.random.fold_in(rng, i))
                for i, b in enumerate(eval_batches)]
     results = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(results))
     results.update({f'multiplier_{k}': float(v)
                     for k, v in jax.device_get(state.multipliers).items()})
     writer.write(step, results, split='eval')
     if is_main:
-      path = _write_figures(workdir, step, state.params, figure_z, figure_rng,
+      path = _write_figures(workdir, step, variables, figure_z, figure_rng,
                             figure_batch, images_fn, recon_fn, writer)
-      logging.info('eval step %d: elbo %.1f  kl %.2f  entropy %.1f  -> %s', step,
-                   results['elbo'], results['kl'], results['entropy'], path)
+      entropy = (f'  entropy {results["entropy"]:.1f}' if 'entropy' in results else '')
+      logging.info('eval step %d: elbo %.1f  kl %.2f%s  -> %s', step,
+                   results['elbo'], results['kl'], entropy, path)
     return results
+
+  plateau = _PlateauWatch(config.likelihood)
 
   # ----------------------------------------------------------------- loop
   logging.info('Training %s for %d steps (from step %d) on %d device(s); workdir %s',
@@ -504,7 +630,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write(step, metrics)
         _log_progress(step, config.num_steps, metrics, steps_per_sec, now - t_start)
       if step % config.eval_every_steps == 0 or step == config.num_steps:
-        evaluate(step)
+        results = evaluate(step)
+        if plateau.stalled(results['elbo']):
+          state = state.replace(model_state=jax.device_put(
+              lower_switch_steps(state.model_state, step), sharding.replicated(mesh)))
+          logging.info('Eval ELBO stopped improving at step %d: switching stage '
+                       '(config.likelihood.switch_on_plateau).', step)
       if step % config.checkpoint_every_steps == 0 or step == config.num_steps:
         save_checkpoint(manager, state, step)
       if stop.received is not None:

@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
                    initial_multiplier=0.0, multiplier_lr=100.0),
   ))
   config.multiplier_learning_rate = 10.0
+  # Weight (beta) of the KL in the plain ELBO, used when no KL constraint is
+  # enabled: 1 is the ELBO, beta != 1 a beta-VAE with fixed beta.
+  config.kl_weight = 1.0
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, grad_clip_norm=0.0, variance_lr_scale=0.1))
   config.batch_size = 64
@@ -51,6 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_nonfinite_steps = 20  # consecutive skipped steps before stopping
   config.eval_examples = 1024
   config.num_figure_images = 10
+  # Latent sampler of the evaluation (--mode=evaluate): 'prior' z ~ N(0, I), or
+  # 'gmm', a Gaussian mixture of gmm_components components ('full' or 'diag'
+  # covariance) fitted to posterior means of training images after training
+  # (lin2019_balancing_elbo_learned_variance.txt section 3.5).
+  config.sampler = 'prior'
+  config.gmm_components = 10
+  config.gmm_covariance = 'full'
   return config
 
 

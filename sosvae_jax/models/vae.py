@@ -33,15 +33,18 @@ class VAE(nn.Module):
   def encode(self, x: Array) -> tuple[Array, Array]:
     return self.encoder(x)
 
-  def decode(self, z: Array) -> distrax.Distribution:
-    return self.likelihood(self.trunk(z))
+  def decode(self, z: Array, target: Array | None = None, *, train: bool = False,
+             step: Array | None = None) -> distrax.Distribution:
+    """p(x|z); `target` (the image, when known) is passed to the head."""
+    return self.likelihood(self.trunk(z), target, train=train, step=step)
 
-  def __call__(self, x: Array) -> VAEOutput:
+  def __call__(self, x: Array, *, train: bool = False,
+               step: Array | None = None) -> VAEOutput:
     """x [B, H, W, C] in [0, 1]."""
     mean, log_var = self.encode(x)
     eps = jax.random.normal(self.make_rng('sample'), mean.shape, mean.dtype)
     z = mean + jnp.exp(0.5 * log_var) * eps
-    return VAEOutput(self.decode(z), mean, log_var, z)
+    return VAEOutput(self.decode(z, x, train=train, step=step), mean, log_var, z)
 
 
 def build_model(config) -> VAE:
