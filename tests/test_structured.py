@@ -455,3 +455,177 @@ def test_ycbcr_log_prob_in_rgb_space_is_a_dense_rgb_gaussian():
   with pytest.raises(ValueError, match='factor=1'):
     structured.ycbcr_log_prob(rgb, _make(loc, log_diag, off_diag, k, d),
                               c_loc, c_ls, factor=2, space='rgb')
+
+
+# ------------------------------------------------- precision diagonal ----
+
+
+@pytest.mark.parametrize('batch', [(), (2, 3)])
+@pytest.mark.parametrize('k,d', _KERNELS)
+def test_precision_diagonal_matches_dense(batch, k, d):
+  _, log_diag, off_diag = _params(20, batch, k)
+  lower, _ = _dense_batch(log_diag, off_diag, k, d)
+  got = jax.jit(lambda a, b: structured.precision_diagonal(
+      a, b, kernel_size=k, dilation=d))(log_diag, off_diag)
+  want = np.einsum('...ij,...ij->...i', lower, lower)  # diag(L L^T)
+  np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want,
+                             rtol=1e-12)
+  # Extreme: diagonals 1e-6 .. 1e6 next to O(1) off-diagonals.
+  wide = np.linspace(-7, 7, log_diag.size).reshape(log_diag.shape)
+  lower, _ = _dense_batch(wide, off_diag, k, d)
+  got = structured.precision_diagonal(wide, off_diag, kernel_size=k,
+                                      dilation=d)
+  want = np.einsum('...ij,...ij->...i', lower, lower)
+  np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want,
+                             rtol=1e-12)
+
+
+# ------------------------------------------------ colour as an RGB law ----
+
+
+def _colour_dist(factor, *, seed=21, h=4, w=6, k=3, d=1, detail=0.05,
+                 spread=0.3):
+  rng = np.random.default_rng(seed)
+  loc, log_diag, off_diag = _params(seed, (2,), k, h=h, w=w, spread=spread)
+  loc = 0.5 + 0.1 * loc
+  c_loc = rng.uniform(0.4, 0.6, size=(2, h // factor, w // factor, 2))
+  c_ls = rng.uniform(-3, -1, size=c_loc.shape)
+  dist = structured.StructuredYCbCrNormal(
+      _make(loc, log_diag, off_diag, k, d), c_loc, c_ls, factor=factor,
+      detail_scale=detail)
+  return dist, (loc, log_diag, off_diag, c_loc, c_ls)
+
+
+def _dense_rgb_gaussian(params, factor, k, d, detail):
+  """[B, 3S] mean and [B, 3S, 3S] covariance of the RGB image, built from
+  the YCbCr-space covariance pixel by pixel (index p * 3 + channel)."""
+  loc, log_diag, off_diag, c_loc, c_ls = params
+  _, cov_y = _dense_batch(log_diag, off_diag, k, d)
+  bsz, h, w = loc.shape
+  s = h * w
+  a_inv = np.linalg.inv(np.kron(np.eye(s), _ycbcr_matrix()))
+  offset = np.tile([0.0, 0.5, 0.5], s)
+  means, covs = [], []
+  for b in range(bsz):
+    mean_t = np.zeros(3 * s)
+    cov_t = np.zeros((3 * s, 3 * s))
+    mean_t[0::3] = loc[b].ravel()
+    cov_t[0::3, 0::3] = cov_y[b]
+    for p in range(s):
+      for q in range(s):
+        bp = (p // w // factor, p % w // factor)
+        bq = (q // w // factor, q % w // factor)
+        if bp != bq:
+          continue
+        for c in (1, 2):
+          var = np.exp(2 * c_ls[b][bp + (c - 1,)])
+          cov_t[3 * p + c, 3 * q + c] = (
+              var + detail ** 2 * ((p == q) - 1.0 / factor ** 2))
+      for c in (1, 2):
+        mean_t[3 * p + c] = c_loc[b][(p // w // factor, p % w // factor,
+                                      c - 1)]
+    means.append(a_inv @ (mean_t - offset))
+    covs.append(a_inv @ cov_t @ a_inv.T)
+  return np.stack(means), np.stack(covs)
+
+
+@pytest.mark.parametrize('factor,k,d', [(1, 3, 1), (2, 3, 1), (2, 5, 2)])
+def test_ycbcr_normal_is_a_dense_rgb_gaussian(factor, k, d):
+  h, w, detail = 4, 6, 0.05
+  dist, params = _colour_dist(factor, h=h, w=w, k=k, d=d, detail=detail)
+  rgb = np.random.default_rng(22).uniform(size=(3, 2, h, w, 3))
+  lp, ent, mean, var, paper = jax.jit(
+      lambda dist, x: (dist.log_prob(x), dist.entropy(), dist.mean(),
+                       dist.variance(), dist.paper_log_prob(x)))(dist, rgb)
+  assert dist.event_shape == (h, w, 3) and dist.batch_shape == (2,)
+  assert lp.shape == (3, 2) and ent.shape == (2,)
+  means, covs = _dense_rgb_gaussian(params, factor, k, d, detail)
+  for b in range(2):
+    mvn = scipy.stats.multivariate_normal(means[b], covs[b])
+    np.testing.assert_allclose(lp[:, b], mvn.logpdf(rgb[:, b].reshape(3, -1)),
+                               rtol=1e-10)
+    np.testing.assert_allclose(ent[b], mvn.entropy(), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(mean[b]).ravel(), means[b],
+                               atol=1e-13)
+    np.testing.assert_allclose(np.asarray(var[b]).ravel(),
+                               np.diagonal(covs[b]), rtol=1e-10)
+  # The paper's bound term is the YCbCr-space density of the pooled target.
+  np.testing.assert_allclose(paper, structured.ycbcr_log_prob(
+      rgb, dist.luma, params[3], params[4], factor=factor), rtol=1e-13)
+  if factor == 1:  # no detail term: exactly the RGB-space paper model
+    np.testing.assert_allclose(lp, structured.ycbcr_log_prob(
+        rgb, dist.luma, params[3], params[4], factor=1, space='rgb'),
+                               rtol=1e-13)
+
+
+def test_ycbcr_normal_ill_conditioned():
+  """Precision diagonals over 6 decades and tiny chroma/detail scales."""
+  factor, k, d, h, w, detail = 2, 3, 1, 4, 4, 1e-3
+  dist, params = _colour_dist(factor, h=h, w=w, k=k, d=d, detail=detail,
+                              spread=2.5, seed=23)
+  loc, log_diag, off_diag, c_loc, _ = params
+  c_ls = np.full(c_loc.shape, math.log(1e-3))
+  dist = structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls,
+                                          factor=factor, detail_scale=detail)
+  means, covs = _dense_rgb_gaussian((loc, log_diag, off_diag, c_loc, c_ls),
+                                    factor, k, d, detail)
+  # The covariance is too ill-conditioned to invert accurately, so the
+  # reference uses the dense YCbCr-space precision Lambda_t: L L^T for Y,
+  # the inverse block covariance below for each f x f chroma block.
+  lower, _ = _dense_batch(log_diag, off_diag, k, d)
+  s = h * w
+  a = np.kron(np.eye(s), _ycbcr_matrix())
+  rng = np.random.default_rng(24)
+  for b in range(2):
+    prec_t = np.zeros((3 * s, 3 * s))
+    prec_t[0::3, 0::3] = lower[b] @ lower[b].T
+    for p in range(s):
+      for q in range(s):
+        bp = (p // w // factor, p % w // factor)
+        if bp != (q // w // factor, q % w // factor):
+          continue
+        for c in (1, 2):
+          # inv(s^2 J + tau^2 (I - J/f^2)) with J = 1 1^T over the block.
+          var = np.exp(2 * c_ls[b][bp + (c - 1,)])
+          prec_t[3 * p + c, 3 * q + c] = (
+              1.0 / (factor ** 4 * var)
+              + ((p == q) - 1.0 / factor ** 2) / detail ** 2)
+    x = rng.multivariate_normal(means[b], covs[b], size=2)
+    # Change of variables t = A x + offset: forming A^T Lambda_t A would mix
+    # scales 1e-6..1e7 and lose 8 digits, so the density is read in t.
+    r = (x - means[b]) @ a.T
+    ref = (-0.5 * 3 * s * math.log(2 * math.pi)
+           + 0.5 * np.linalg.slogdet(prec_t)[1] + np.linalg.slogdet(a)[1]
+           - 0.5 * np.einsum('ni,ij,nj->n', r, prec_t, r))
+    lp = jax.jit(dist.log_prob)(
+        np.stack([np.broadcast_to(xi.reshape(h, w, 3), (2, h, w, 3))
+                  for xi in x]))
+    np.testing.assert_allclose(np.asarray(lp)[:, b], ref, rtol=1e-9)
+
+
+def test_ycbcr_normal_sample_covariance_matches_dense():
+  factor, k, d, h, w, detail, n = 2, 3, 1, 4, 4, 0.05, 40000
+  dist, params = _colour_dist(factor, h=h, w=w, k=k, d=d, detail=detail)
+  x = np.asarray(jax.jit(lambda dist, key: dist.sample(
+      seed=key, sample_shape=(n,)))(dist, _key(3)))
+  assert x.shape == (n, 2, h, w, 3)
+  means, covs = _dense_rgb_gaussian(params, factor, k, d, detail)
+  for b in range(2):
+    flat = x[:, b].reshape(n, -1)
+    var = np.diagonal(covs[b])
+    mean_z = (flat.mean(0) - means[b]) / np.sqrt(var / n)
+    emp = np.cov(flat, rowvar=False)
+    cov_se = np.sqrt((np.outer(var, var) + covs[b] ** 2) / n)
+    assert np.abs(mean_z).max() < 5.0
+    assert np.abs((emp - covs[b]) / cov_se).max() < 5.5
+
+
+def test_ycbcr_normal_checks_parameters():
+  dist, (_, _, _, c_loc, c_ls) = _colour_dist(2)
+  with pytest.raises(ValueError, match='must divide'):
+    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=4)
+  with pytest.raises(ValueError, match=r'chroma_loc must be \[\.\.\., H/f'):
+    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=1)
+  with pytest.raises(ValueError, match='detail_scale must be > 0'):
+    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=2,
+                                     detail_scale=0.0)
