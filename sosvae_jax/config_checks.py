@@ -28,7 +28,15 @@ CONSTRAINT_VALUES = ('kl', 'entropy')
 # state: a resumed run may change them without starting afresh.
 NON_STRUCTURAL_FIELDS = (
     'model.dtype', 'likelihood.min_variance', 'likelihood.init_variance',
-    'likelihood.head_init_stddev', 'likelihood.detach_variance_features')
+    'likelihood.head_init_stddev', 'likelihood.detach_variance_features',
+    # Weights and schedules of loss terms (structured_heads.py, issue 5).
+    'likelihood.variance_minimiser_start', 'likelihood.variance_minimiser_end',
+    'likelihood.gamma_prior_weight', 'likelihood.gamma_concentration',
+    'likelihood.gamma_rate', 'likelihood.chroma_detail_scale',
+    'likelihood.max_log_diag', 'likelihood.variance_minimiser_switch_step',
+    # Stage switches (the loop may lower them; lin2019 Algorithm 1).
+    'likelihood.switch_step', 'likelihood.switch_on_plateau',
+    'likelihood.plateau_tolerance', 'likelihood.plateau_patience')
 
 _MISSING = object()
 

@@ -19,5 +19,6 @@ from sosvae_jax.distributions.discrete import StudentTImage
 from sosvae_jax.distributions.structured import basis_off_diag
 from sosvae_jax.distributions.structured import rgb_to_ycbcr
 from sosvae_jax.distributions.structured import StructuredPrecisionNormal
+from sosvae_jax.distributions.structured import StructuredYCbCrNormal
 from sosvae_jax.distributions.structured import ycbcr_log_prob
 from sosvae_jax.distributions.structured import ycbcr_to_rgb
