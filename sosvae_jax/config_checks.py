@@ -36,7 +36,11 @@ NON_STRUCTURAL_FIELDS = (
     'likelihood.max_log_diag', 'likelihood.variance_minimiser_switch_step',
     # Stage switches (the loop may lower them; lin2019 Algorithm 1).
     'likelihood.switch_step', 'likelihood.switch_on_plateau',
-    'likelihood.plateau_tolerance', 'likelihood.plateau_patience')
+    'likelihood.plateau_tolerance', 'likelihood.plateau_patience',
+    # Values of the calibrated Gaussian heads (calibrated_heads.py, issue 4).
+    'likelihood.sigma', 'likelihood.min_log_sigma',
+    'likelihood.running_average_decay', 'likelihood.dataset_variance',
+    'likelihood.optimal_sigma_stop_gradient')
 
 _MISSING = object()
 

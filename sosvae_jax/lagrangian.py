@@ -105,7 +105,7 @@ def multiplier_optimizer(
       scales (KL vs entropy under D = 1e-5) may need different rates.
   """
   rates = dict(learning_rate) if isinstance(learning_rate, Mapping) else None
-  for lr in (rates.values() if rates else [learning_rate]):
+  for lr in (rates.values() if rates is not None else [learning_rate]):
     if lr <= 0:
       raise ValueError(f'multiplier learning_rate={lr} must be > 0.')
 
