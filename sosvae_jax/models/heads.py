@@ -16,7 +16,11 @@ import jax.numpy as jnp
 Array = jax.Array
 
 # Names of the parameter subtrees that hold variance heads.
-VARIANCE_HEADS = ('diag_head', 'factor_head')
+VARIANCE_HEADS = ('diag_head', 'factor_head',
+                  # calibrated_heads.py / discrete_heads.py (issue 4)
+                  'sigma_head', 'variance_head', 'scale_head',
+                  # structured_heads.py (issue 5)
+                  'precision_diag_head', 'precision_offdiag_head')
 
 
 def small_normal_init(stddev: float):
