@@ -547,11 +547,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   constraints = lagrangian.constraints_from_config(config.constraints)
   multiplier_tx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
       config.constraints, config.multiplier_learning_rate))
-  state = create_train_state(config, model, tx, multiplier_tx, constraints)
+  # On the mesh before restoring, so that orbax restores into the global
+  # (replicated) sharding: after a restore onto one local device, the
+  # transfer to the mesh would cross hosts in a multi-process run.
+  state = jax.device_put(create_train_state(config, model, tx, multiplier_tx,
+                                            constraints), sharding.replicated(mesh))
   manager = checkpoint_manager(workdir, config)
   state = restore_latest(manager, state, workdir)
   start_step = int(state.step)
-  state = jax.device_put(state, sharding.replicated(mesh))
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
