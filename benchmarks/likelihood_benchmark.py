@@ -1,8 +1,7 @@
 """Times log_prob + gradient of the low-rank normal against its alternatives.
 
   python benchmarks/likelihood_benchmark.py                    # full grid (GPU)
-  python benchmarks/likelihood_benchmark.py --sizes=784,3072,12288 \
-      --ranks=5,25 --batch_size=4                              # ~1 min on CPU
+  python benchmarks/likelihood_benchmark.py --quick            # ~1-2 min on CPU
 
 For each event size S and rank R, four log-likelihoods of a batch of B images
 are timed, each as jit(value_and_grad(sum of log_prob)) w.r.t. its
@@ -25,7 +24,9 @@ times and the median of the within-round ratios:
               only for S <= --dense_max_size. Gradient w.r.t. (loc, P, d).
 
 Prints a table of times and ratios, the slope of log time against log S of
-`lowrank` per rank (numpy polyfit), and writes everything to --out (JSON).
+every method per rank (numpy polyfit), and writes everything to --out (JSON).
+--quick is the reduced CPU grid: S in {784, 3072, 12288}, R in {5, 25}, B = 4,
+20 repeats, dense only at S = 784 (flags given explicitly still win).
 Memory: the compiled function's memory_analysis() (argument, output and temp
 bytes) where the backend gives it; on GPUs also the device's
 peak_bytes_in_use from memory_stats() after each case (a running maximum over
@@ -65,6 +66,8 @@ flags.DEFINE_integer('dense_max_size', 3072,
 flags.DEFINE_list('methods', ['lowrank', 'diag', 'scale_lr', 'dense'],
                   'Which likelihoods to time.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random parameters.')
+flags.DEFINE_bool('quick', False, 'Reduced grid for a CPU: --sizes=784,3072,12288 '
+                  '--ranks=5,25 --batch_size=4 --repeats=20 --dense_max_size=784.')
 flags.DEFINE_string('out', None, 'JSON output; default '
                     'benchmarks/results/likelihood_<platform>.json.')
 
@@ -192,13 +195,13 @@ def measure_row(size: int, rank: int, methods: list[str], repeats: int) -> dict:
   return row
 
 
-def fitted_slopes(results: list[dict], ranks: list[int],
-                  stat: str = 'median_s') -> dict[int, float | None]:
-  """Slope of log(time) against log(S) of `lowrank`, per rank (time = stat)."""
+def fitted_slopes(results: list[dict], ranks: list[int], stat: str = 'median_s',
+                  method: str = 'lowrank') -> dict[int, float | None]:
+  """Slope of log(time) against log(S) of `method`, per rank (time = stat)."""
   slopes = {}
   for rank in ranks:
-    points = [(r['size'], r['lowrank'][stat]) for r in results
-              if r['rank'] == rank and 'lowrank' in r]
+    points = [(r['size'], r[method][stat]) for r in results
+              if r['rank'] == rank and method in r]
     if len({s for s, _ in points}) < 2:
       slopes[rank] = None
       continue
@@ -274,6 +277,11 @@ def device_description() -> dict[str, str | int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.quick:  # the CPU grid, unless a flag was given explicitly
+    for name, value in dict(sizes=['784', '3072', '12288'], ranks=['5', '25'], batch_size=4,
+                            repeats=20, dense_max_size=784).items():
+      if FLAGS[name].using_default_value:
+        FLAGS[name].value = value
   sizes = sorted(int(s) for s in FLAGS.sizes)
   ranks = sorted(int(r) for r in FLAGS.ranks)
   unknown = set(FLAGS.methods) - set(METHODS)
@@ -295,6 +303,7 @@ def main(argv):
 
   slopes = fitted_slopes(results, ranks)
   slopes_min = fitted_slopes(results, ranks, 'min_s')  # less hit by others' load
+  all_slopes = {m: fitted_slopes(results, ranks, method=m) for m in FLAGS.methods}
   table = format_table(results)
   verdicts = target_verdicts(results, slopes)
   print()
@@ -306,6 +315,9 @@ def main(argv):
     fmt = lambda v: '-' if v is None else f'{v:.3f}'
     print(f'lowrank: slope of log time vs log S at R={rank}: {fmt(slope)} '
           f'(from the fastest call of each case: {fmt(slopes_min[rank])})')
+  for method, per_rank in all_slopes.items():
+    shown = ', '.join(f'R={k}: {"-" if v is None else f"{v:.3f}"}' for k, v in per_rank.items())
+    print(f'slope of log time vs log S, {method}: {shown}')
   for line in verdicts:
     print(line)
   for r in results:
@@ -321,10 +333,13 @@ def main(argv):
                'device': device,
                'flags': {'sizes': sizes, 'ranks': ranks, 'batch_size': FLAGS.batch_size,
                          'repeats': FLAGS.repeats, 'dense_max_size': FLAGS.dense_max_size,
-                         'methods': list(FLAGS.methods), 'seed': FLAGS.seed},
+                         'methods': list(FLAGS.methods), 'seed': FLAGS.seed,
+                         'quick': FLAGS.quick},
                'results': results,
                'lowrank_slopes': {str(k): v for k, v in slopes.items()},
                'lowrank_slopes_from_min': {str(k): v for k, v in slopes_min.items()},
+               'slopes': {m: {str(k): v for k, v in d.items()}
+                          for m, d in all_slopes.items()},
                'targets': verdicts, 'table': table}, f, indent=2)
   print(f'wrote {out}')
 
