@@ -103,6 +103,9 @@ def test_writes_finite_results(runs):
   assert 'classifier FID (not Inception FID)' in markdown and '**prior**' in markdown
   assert 'p(x\\|z)' in markdown  # pipes escaped inside the tables
   assert (prior_dir / 'eval' / 'samples.png').exists()
+  # A copy per sampler, so that a later --sampler=gmm keeps these results.
+  assert json.loads((prior_dir / 'eval' / 'results_prior.json').read_text()) == results
+  assert (prior_dir / 'eval' / 'results_prior.md').read_text() == markdown
 
 
 def test_gmm_sampler_and_shared_classifier(runs):

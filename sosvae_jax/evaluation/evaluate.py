@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -513,6 +514,12 @@ def write_results(workdir: str, results: dict[str, Any]) -> dict[str, str]:
     json.dump(results, f, indent=2, default=str)
   with open(paths['markdown'], 'w') as f:
     f.write(results_markdown(results))
+  # results.json is the latest evaluation; a copy per sampler keeps the prior
+  # and the mixture results of one workdir side by side.
+  sampler = str(results['sampler'])
+  for key, ext in (('json', '.json'), ('markdown', '.md')):
+    paths[f'{key}_{sampler}'] = os.path.join(out_dir, f'results_{sampler}{ext}')
+    shutil.copyfile(paths[key], paths[f'{key}_{sampler}'])
   np.savez(paths['npz'], **grid_images)
   plotting.save_png(plotting.grid(
       [plotting.to_rgb(grid_images['means']), plotting.to_rgb(grid_images['samples'])],
