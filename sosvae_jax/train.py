@@ -440,16 +440,23 @@ def _format_duration(seconds: float) -> str:
 
 
 def _write_figures(workdir, step, variables, z, rng, eval_batch, jitted_images,
-                   jitted_recon, writer) -> str:
-  """Figure-2-style PNGs for prior samples and reconstructions."""
-  fig_dir = os.path.join(workdir, 'figures')
-  os.makedirs(fig_dir, exist_ok=True)
+                   jitted_recon, writer, *, write: bool) -> str:
+  """Figure-2-style PNGs for prior samples and reconstructions.
+
+  Every process computes them (the jitted functions read globally sharded
+  parameters, so in a multi-process run all processes must take part);
+  only the one with `write` saves the files.
+  """
   prior = jax.device_get(jitted_images(variables, z, rng))
-  panel = plotting.observation_panel(prior['mean'], prior['sample'], prior['variance'])
+  recon = jax.device_get(jitted_recon(variables, eval_batch, rng))
+  fig_dir = os.path.join(workdir, 'figures')
   path = os.path.join(fig_dir, f'samples_{step:07d}.png')
+  if not write:
+    return path
+  os.makedirs(fig_dir, exist_ok=True)
+  panel = plotting.observation_panel(prior['mean'], prior['sample'], prior['variance'])
   plotting.save_png(panel, path)
   writer.write_image(step, 'samples', panel)
-  recon = jax.device_get(jitted_recon(variables, eval_batch, rng))
   panel = plotting.grid(
       [plotting.to_rgb(recon['input']), plotting.to_rgb(recon['mean']),
        plotting.to_rgb(recon['sample']), plotting.heat(recon['variance'])],
@@ -598,9 +605,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     results.update({f'multiplier_{k}': float(v)
                     for k, v in jax.device_get(state.multipliers).items()})
     writer.write(step, results, split='eval')
+    path = _write_figures(workdir, step, variables, figure_z, figure_rng,
+                          figure_batch, images_fn, recon_fn, writer, write=is_main)
     if is_main:
-      path = _write_figures(workdir, step, variables, figure_z, figure_rng,
-                            figure_batch, images_fn, recon_fn, writer)
       entropy = (f'  entropy {results["entropy"]:.1f}' if 'entropy' in results else '')
       logging.info('eval step %d: elbo %.1f  kl %.2f%s  -> %s', step,
                    results['elbo'], results['kl'], entropy, path)
