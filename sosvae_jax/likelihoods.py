@@ -43,20 +43,9 @@ from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax.models.heads import DiagonalHead
 from sosvae_jax.models.heads import FactorHead
 from sosvae_jax.models.heads import MeanHead
+from sosvae_jax.models.heads import variance_features
 
 Array = jax.Array
-
-
-def _maybe_detach(features: Array, detach: bool) -> Array:
-  """Variance heads read the trunk features without training them.
-
-  With a tiny fixed diagonal, any residual inside span(P) is almost free, so
-  a shared trunk is pulled towards serving P and the mean decays (the mean
-  head gets no gradient along span(P) to resist). Detaching keeps encoder
-  and trunk trained by the mean and the KL only; P becomes a learnt readout
-  of those features.
-  """
-  return jax.lax.stop_gradient(features) if detach else features
 
 
 class DiagonalGaussianLikelihood(nn.Module):
@@ -76,7 +65,7 @@ class DiagonalGaussianLikelihood(nn.Module):
                train: bool = False, step: Array | None = None) -> distrax.Distribution:
     del target, train, step  # Parameters depend on the features alone.
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
-    var_features = _maybe_detach(features, self.detach_variance_features)
+    var_features = variance_features(features, self.detach_variance_features)
     variance = DiagonalHead(self.channels, self.min_variance, self.init_variance,
                             self.head_init_stddev, name='diag')(var_features)
     return diagonal_normal(mean, variance)
@@ -103,7 +92,7 @@ class LowRankGaussianLikelihood(nn.Module):
                train: bool = False, step: Array | None = None) -> distrax.Distribution:
     del target, train, step  # Parameters depend on the features alone.
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
-    var_features = _maybe_detach(features, self.detach_variance_features)
+    var_features = variance_features(features, self.detach_variance_features)
     factor = FactorHead(self.channels, self.rank, self.head_init_stddev,
                         name='factor')(var_features)
     if self.fixed_diag is None:

@@ -38,6 +38,7 @@ from sosvae_jax.distributions.gaussian import debiased_average
 from sosvae_jax.distributions.gaussian import diagonal_normal
 from sosvae_jax.distributions.gaussian import OPTIMAL_VARIANCE_AXES
 from sosvae_jax.distributions.gaussian import optimal_variance
+from sosvae_jax.models.heads import variance_features
 
 Array = jax.Array
 
@@ -173,8 +174,7 @@ class GaussianPixelSigma(nn.Module):
                train: bool = False, step: Array | None = None) -> distrax.Distribution:
     del target, train, step
     mean = head_conv(features, self.channels, 'mean_head', self.head_init_stddev, 0.5)
-    var_features = (jax.lax.stop_gradient(features) if self.detach_variance_features
-                    else features)
+    var_features = variance_features(features, self.detach_variance_features)
     log_sigma = head_conv(var_features, self.channels, 'sigma_head',
                           self.head_init_stddev, 0.5 * math.log(self.init_variance))
     return _gaussian(mean, clipped_log_sigma_variance(log_sigma, self.min_log_sigma))
@@ -301,8 +301,7 @@ class GaussianTwoStage(nn.Module):
       global_variance = frozen
     dataset_variance = (frozen if self.dataset_variance is None
                         else jnp.asarray(self.dataset_variance, jnp.float32))
-    var_features = (jax.lax.stop_gradient(features) if self.detach_variance_features
-                    else features)
+    var_features = variance_features(features, self.detach_variance_features)
     start = max(self.init_variance, 1e-6)
     raw = head_conv(var_features, self.channels, 'variance_head', self.head_init_stddev,
                     math.log(math.expm1(start)))

@@ -11,6 +11,7 @@ dimension; Bernoulli and Student-t give densities on [0, 1].
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import distrax
 import flax.linen as nn
@@ -57,32 +58,35 @@ class BernoulliHead(nn.Module):
     return BernoulliImage(head_conv(features, self.channels, 'logits', self.head_init_stddev))
 
 
-class CategoricalHead(nn.Module):
+class _LogitsPerSubpixelHead(nn.Module):
+  """One conv emitting `num_logits` logits per subpixel for `distribution`."""
+
+  channels: int
+  head_init_stddev: float | None = None
+  num_logits: ClassVar[int]
+  distribution: ClassVar[type]
+
+  @nn.compact
+  def __call__(self, features: Array, target: Array | None = None, *,
+               train: bool = False, step: Array | None = None) -> distrax.Distribution:
+    del target, train, step
+    out = head_conv(features, self.channels * self.num_logits, 'logits',
+                    self.head_init_stddev)
+    return self.distribution(_per_subpixel(out, self.channels, self.num_logits))
+
+
+class CategoricalHead(_LogitsPerSubpixelHead):
   """A 256-way soft-max per subpixel (sigma-VAE section 3.2): 256 logits each."""
 
-  channels: int
-  head_init_stddev: float | None = None
-
-  @nn.compact
-  def __call__(self, features: Array, target: Array | None = None, *,
-               train: bool = False, step: Array | None = None) -> distrax.Distribution:
-    del target, train, step
-    out = head_conv(features, self.channels * NUM_LEVELS, 'logits', self.head_init_stddev)
-    return CategoricalImage(_per_subpixel(out, self.channels, NUM_LEVELS))
+  num_logits: ClassVar[int] = NUM_LEVELS
+  distribution: ClassVar[type] = CategoricalImage
 
 
-class BitwiseCategoricalHead(nn.Module):
+class BitwiseCategoricalHead(_LogitsPerSubpixelHead):
   """8 Bernoulli logits per subpixel, one per bit (sigma-VAE appendix D)."""
 
-  channels: int
-  head_init_stddev: float | None = None
-
-  @nn.compact
-  def __call__(self, features: Array, target: Array | None = None, *,
-               train: bool = False, step: Array | None = None) -> distrax.Distribution:
-    del target, train, step
-    out = head_conv(features, self.channels * NUM_BITS, 'logits', self.head_init_stddev)
-    return BitwiseCategoricalImage(_per_subpixel(out, self.channels, NUM_BITS))
+  num_logits: ClassVar[int] = NUM_BITS
+  distribution: ClassVar[type] = BitwiseCategoricalImage
 
 
 class LogisticMixtureHead(nn.Module):

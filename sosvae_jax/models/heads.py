@@ -23,6 +23,18 @@ VARIANCE_HEADS = ('diag_head', 'factor_head',
                   'precision_diag_head', 'precision_offdiag_head')
 
 
+def variance_features(features: Array, detach: bool) -> Array:
+  """What variance heads read: the trunk features, detached if asked.
+
+  With a tiny fixed diagonal, any residual inside span(P) is almost free, so
+  a shared trunk is pulled towards serving P and the mean decays (the mean
+  head gets no gradient along span(P) to resist). Detaching keeps encoder
+  and trunk trained by the mean and the KL only; the variance heads become
+  learnt readouts of those features (config.likelihood.detach_variance_features).
+  """
+  return jax.lax.stop_gradient(features) if detach else features
+
+
 def small_normal_init(stddev: float):
   """N(0, stddev^2) weights: the reference code starts heads near zero."""
   return nn.initializers.normal(stddev=stddev)

@@ -29,6 +29,7 @@ from sosvae_jax.distributions import structured
 from sosvae_jax.models.heads import DiagonalHead
 from sosvae_jax.models.heads import MeanHead
 from sosvae_jax.models.heads import small_normal_init
+from sosvae_jax.models.heads import variance_features
 
 Array = jax.Array
 
@@ -188,8 +189,7 @@ class StructuredGaussianLikelihood(_PenaltiesMixin, nn.Module):
     b, h, w, _ = features.shape
     mean = MeanHead(1, self.head_init_stddev, name='mean')(features)
     mean = mean.reshape((b, h, w))
-    var_features = (jax.lax.stop_gradient(features)
-                    if self.detach_variance_features else features)
+    var_features = variance_features(features, self.detach_variance_features)
     log_diag, off_diag = StructuredPrecisionHead(
         self.kernel_size, self.num_basis, self.init_variance,
         self.max_log_diag, self.head_init_stddev, name='precision')(
@@ -250,8 +250,7 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
     f = self.chroma_factor
     luma_mean = MeanHead(1, self.head_init_stddev, name='mean')(features)
     luma_mean = luma_mean.reshape((b, h, w))
-    var_features = (jax.lax.stop_gradient(features)
-                    if self.detach_variance_features else features)
+    var_features = variance_features(features, self.detach_variance_features)
     log_diag, off_diag = StructuredPrecisionHead(
         self.kernel_size, self.num_basis, self.init_variance,
         self.max_log_diag, self.head_init_stddev, name='precision')(
@@ -259,8 +258,7 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
     pooled = structured.avg_pool(features, f)  # (B, H/f, W/f, F)
     chroma_loc = MeanHead(2, self.head_init_stddev, name='chroma_mean')(
         pooled).reshape((b, h // f, w // f, 2))
-    pooled_var = (jax.lax.stop_gradient(pooled)
-                  if self.detach_variance_features else pooled)
+    pooled_var = variance_features(pooled, self.detach_variance_features)
     chroma_var = DiagonalHead(2, self.min_variance, self.init_variance,
                               self.head_init_stddev, name='chroma_diag')(
                                   pooled_var).reshape((b, h // f, w // f, 2))
