@@ -7,7 +7,11 @@ import math
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 def _to_python(value: Any) -> Any:
@@ -20,30 +24,70 @@ def _to_python(value: Any) -> Any:
   return value.tolist()
 
 
+def _parse_lines(path: str) -> list[dict]:
+  """Records of a metrics file; a torn last line (a crash mid-write) is dropped.
+
+  A bad line anywhere else is damage this module did not cause: it raises,
+  naming the file and the line.
+  """
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        logging.warning('%s: dropping its unfinished last line (%d characters; the '
+                        'run stopped while writing it).', path, len(line))
+        break
+      raise ValueError(f'{path}, line {number}, is not JSON ({e}); the file is '
+                       'damaged: remove or repair that line.') from e
+  return records
+
+
 class MetricWriter:
   """Appends one JSON object per call; mirrors scalars to TensorBoard.
 
-  Only process 0 writes (pass enabled=False elsewhere).
+  Only process 0 writes (pass enabled=False elsewhere). The TensorBoard
+  writer opens on first use so that a resumed run (`drop_after`) can tell
+  TensorBoard to purge the steps it is about to repeat.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._enabled = enabled
     self._tb = None
+    self._purge_step = None
+    self._workdir = workdir
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._path = os.path.join(workdir, 'metrics.jsonl')
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._path = os.path.join(workdir, METRICS_FILE)
+
+  def _board(self):
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      # The suffix keeps a quick resume (same second, same host) from
+      # overwriting the file of the run it resumes.
+      self._tb = SummaryWriter(os.path.join(self._workdir, TENSORBOARD_DIR),
+                               purge_step=self._purge_step,
+                               filename_suffix=f'.{os.getpid()}.{self._purge_step or 0}')
+    return self._tb
 
   def drop_after(self, step: int) -> None:
-    """Removes records of steps > step (a resumed run repeats them)."""
-    if not self._enabled or not os.path.exists(self._path):
+    """Removes records of steps > step (a resumed run repeats them).
+
+    In TensorBoard the same steps are hidden by a purge marker at step + 1.
+    """
+    if not self._enabled:
       return
-    with open(self._path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)['step'] <= step]
+    if step > 0 and self._tb is None:
+      self._purge_step = int(step) + 1
+    if not os.path.exists(self._path):
+      return
+    kept = [r for r in _parse_lines(self._path) if r['step'] <= step]
     with open(self._path, 'w') as f:
-      f.writelines(lines)
+      f.writelines(json.dumps(r) + '\n' for r in kept)
 
   def write(self, step: int, metrics: Mapping[str, Any], split: str = 'train') -> None:
     if not self._enabled:
@@ -54,12 +98,12 @@ class MetricWriter:
       f.write(json.dumps(record) + '\n')
     for k, v in record.items():
       if k not in ('step', 'split') and isinstance(v, (int, float)):
-        self._tb.add_scalar(f'{split}/{k}', v, int(step))
+        self._board().add_scalar(f'{split}/{k}', v, int(step))
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """image: uint8 [H, W, 3]."""
     if self._enabled:
-      self._tb.add_image(name, image, int(step), dataformats='HWC')
+      self._board().add_image(name, image, int(step), dataformats='HWC')
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -70,9 +114,39 @@ class MetricWriter:
       self._tb.close()
 
 
+def flat_scalars(tree: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
+  """{'a/b': x} for every finite number in a nested dict (lists are skipped)."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      out.update(flat_scalars(value, f'{name}/'))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      if math.isfinite(value):
+        out[name] = float(value)
+  return out
+
+
+def write_run_summary(workdir: str, step: int, hparams: Mapping[str, Any],
+                      results: Mapping[str, Any], tag: str = 'eval') -> None:
+  """Evaluation results as TensorBoard scalars plus one hparams-plugin entry.
+
+  `hparams`: the config's leaf values (flattened dotted names, strings and
+  numbers); `results`: nested dict of metrics (every finite number is kept).
+  """
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  scalars = flat_scalars(results)
+  board = os.path.join(workdir, TENSORBOARD_DIR)
+  with SummaryWriter(board) as tb:
+    for name, value in scalars.items():
+      tb.add_scalar(f'{tag}/{name}', value, int(step))
+    values = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+              for k, v in hparams.items()}
+    tb.add_hparams(values, {f'hparam/{k}': v for k, v in scalars.items()},
+                   name='hparams', global_step=int(step))
+
+
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
   """All records of workdir/metrics.jsonl (optionally of one split)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = _parse_lines(os.path.join(workdir, METRICS_FILE))
   return [r for r in records if split is None or r.get('split') == split]
