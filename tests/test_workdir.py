@@ -1,0 +1,79 @@
+"""One run per workdir, stale locks never block, config.json keeps the original."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sosvae_jax import workdir as workdir_lib
+
+
+def test_second_run_in_the_same_workdir_is_refused(tmp_path):
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    # Another process (fcntl locks are per open file description, so a second
+    # open in this process is refused too, as another process would be).
+    with pytest.raises(workdir_lib.WorkdirError, match=r'in use by a run.*pid \d+ on'):
+      with workdir_lib.WorkdirLock(str(tmp_path)):
+        pass
+  with workdir_lib.WorkdirLock(str(tmp_path)):  # released on exit
+    pass
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path):
+  script = textwrap.dedent(f"""
+      import os, signal
+      from sosvae_jax import workdir
+      lock = workdir.WorkdirLock({str(tmp_path)!r}).__enter__()
+      os.kill(os.getpid(), signal.SIGKILL)
+  """)
+  proc = subprocess.run([sys.executable, '-c', script], check=False)
+  assert proc.returncode == -9
+  assert 'pid' in (tmp_path / '.lock').read_text()  # its record is still there
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    pass
+
+
+def test_lock_held_by_another_process_names_it(tmp_path):
+  script = textwrap.dedent(f"""
+      import sys, time
+      from sosvae_jax import workdir
+      with workdir.WorkdirLock({str(tmp_path)!r}):
+        print('locked', flush=True)
+        sys.stdin.readline()
+  """)
+  proc = subprocess.Popen([sys.executable, '-c', script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'locked'
+    with pytest.raises(workdir_lib.WorkdirError, match=f'pid {proc.pid} on'):
+      with workdir_lib.WorkdirLock(str(tmp_path)):
+        pass
+  finally:
+    proc.communicate('\n', timeout=60)
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / 'run'
+  path.write_text('x')
+  with pytest.raises(workdir_lib.WorkdirError, match='is a file, not a folder'):
+    workdir_lib.check_workdir_path(str(path))
+  workdir_lib.check_workdir_path(str(tmp_path / 'new' / 'run'))  # created later
+
+
+def test_config_json_keeps_the_first_launch(tmp_path):
+  first = json.dumps({'num_steps': 2500, 'likelihood': {'rank': 25}})
+  assert workdir_lib.record_launch(str(tmp_path), first, 0) == {}
+  second = json.dumps({'num_steps': 100, 'likelihood': {'rank': 25}})
+  changes = workdir_lib.record_launch(str(tmp_path), second, 2500)
+  assert changes == {'num_steps': (2500, 100)}
+  assert json.loads((tmp_path / 'config.json').read_text())['num_steps'] == 2500
+  launches = [json.loads(l) for l in (tmp_path / 'launches.jsonl').read_text().splitlines()]
+  assert [l['step'] for l in launches] == [0, 2500]
+  assert launches[1]['changes'] == {'num_steps': [2500, 100]}
+  assert workdir_lib.effective_config(str(tmp_path))['num_steps'] == 100
+  with open(os.path.join(tmp_path, 'launches.jsonl'), 'a') as f:
+    f.write('{"time": "x", "chan')  # a torn line does not hide the last good one
+  assert workdir_lib.effective_config(str(tmp_path))['num_steps'] == 100
