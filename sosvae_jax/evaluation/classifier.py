@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from sosvae_jax import input_pipeline
+from sosvae_jax import progress as progress_lib
 from sosvae_jax.evaluation import labels as labels_lib
 
 Array = jax.Array
@@ -147,13 +148,11 @@ def _train(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray,
     return optax.apply_updates(params, updates), opt_state, loss
 
   rng = np.random.default_rng(settings.seed)
-  t0 = time.time()
+  progress = progress_lib.Progress('Feature classifier training', settings.num_steps)
   for i in range(settings.num_steps):
     idx = rng.integers(0, len(images), settings.batch_size)
     params, opt_state, loss = step(params, opt_state, images[idx], labels[idx])
-    if (i + 1) % 500 == 0 or i + 1 == settings.num_steps:
-      logging.info('classifier step %d/%d  loss %.3f  (%.0f s)', i + 1,
-                   settings.num_steps, float(loss), time.time() - t0)
+    progress.update(i + 1, lambda: f'loss {float(loss):.3f}')
   return params
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TextIO
 
 import numpy as np
 import scipy.linalg
 import scipy.special
+
+from sosvae_jax import progress as progress_lib
 
 COVARIANCE_TYPES = ('full', 'diag')
 
@@ -160,6 +163,7 @@ def fit_gaussian_mixture(
     tolerance: float = 1e-6,
     reg_covar: float = 1e-6,
     seed: int = 0,
+    progress_stream: TextIO | None = None,
 ) -> GaussianMixture:
   """EM fit of an M-component Gaussian mixture to points z [N, L].
 
@@ -174,6 +178,7 @@ def fit_gaussian_mixture(
     tolerance: convergence threshold on the mean log density, nats.
     reg_covar: added to every variance, > 0 keeps each covariance invertible.
     seed: seed of the k-means++ initialisation.
+    progress_stream: where progress lines go (default: standard error).
 
   Returns:
     The fitted GaussianMixture (float64).
@@ -195,16 +200,22 @@ def fit_gaussian_mixture(
   resp = np.eye(num_components)[nearest]  # (N, M)
   weights, means, covs = _m_step(z, resp, covariance_type, reg_covar)
   previous, converged, it = -np.inf, False, 0
+  progress = progress_lib.Progress(
+      f'Gaussian-mixture EM ({num_components} components, {len(z)} points)',
+      max_iterations, stream=progress_stream)
   for it in range(1, max_iterations + 1):
     joint = _component_log_prob(z, means, covs, covariance_type) + np.log(weights)
     log_norm = scipy.special.logsumexp(joint, axis=1, keepdims=True)  # (N, 1)
     current = float(np.mean(log_norm))
     resp = np.exp(joint - log_norm)  # E step
     weights, means, covs = _m_step(z, resp, covariance_type, reg_covar)
+    progress.update(it, f'mean log density {current:.4f}')
     if abs(current - previous) < tolerance:
       converged = True
       break
     previous = current
+  progress.done(f'converged after {it} iterations' if converged
+                else f'stopped at the limit of {it} iterations')
   mixture = GaussianMixture(weights, means, covs, covariance_type, iterations=it,
                             converged=converged)
   return dataclasses.replace(mixture, log_likelihood=float(np.mean(mixture.log_prob(z))))
