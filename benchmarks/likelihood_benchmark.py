@@ -1,42 +1,46 @@
-"""Times log_prob + gradient of the low-rank normal against its alternatives.
+"""Low-rank normal log_prob + gradient: ours against its peers, side by side.
 
-  python benchmarks/likelihood_benchmark.py                    # full grid (GPU)
-  python benchmarks/likelihood_benchmark.py --quick            # ~1-2 min on CPU
+  python benchmarks/likelihood_benchmark.py            # 20 rounds per shape
+  python benchmarks/likelihood_benchmark.py --quick    # 5 rounds, ~1-2 min on CPU
 
-For each event size S and rank R, four log-likelihoods of a batch of B images
-are timed, each as jit(value_and_grad(sum of log_prob)) w.r.t. its
-parameters, compiled and warmed up, then called --repeats times with
-block_until_ready, the methods interleaved round by round (so a burst of
-load on a shared machine hits all of them alike); the table gives median
-times and the median of the within-round ratios:
+One process, float32, rank R = 25, three (event size S, batch B) shapes:
+(784, 64), (3072, 32), (12288, 16). Every method computes the summed
+log_prob of the batch and its gradient w.r.t. loc and the factor P, on the
+same arrays; each is compiled (JAX) and warmed up, then the methods are
+called in rounds, one call of each per round, so that a burst of load from
+other processes hits all of them alike. Ratios are medians of within-round
+ratios; times are medians.
 
-  lowrank     sosvae_jax LowRankMultivariateNormal, Sigma = P P^T + diag(d),
-              gradient w.r.t. (loc, P, d).
-  diag        distrax.MultivariateNormalDiag(loc, sqrt(d)), gradient w.r.t.
-              (loc, d): the pixel-wise baseline, no P.
-  scale_lr    distrax.MultivariateNormalDiagPlusLowRank(loc, sqrt(d), P, P):
-              low rank on the *scale*, Sigma = A A^T with A = diag(sqrt d) +
-              P P^T. A different distribution from `lowrank`; it is given the
-              same arrays only so that its cost can be compared. Gradient
-              w.r.t. (loc, P, d).
-  dense       distrax.MultivariateNormalFullCovariance(loc, P P^T + diag(d)):
-              the same distribution as `lowrank` through an S x S Cholesky,
-              only for S <= --dense_max_size. Gradient w.r.t. (loc, P, d).
+  ours         sosvae_jax lowrank_log_prob: hand-written custom VJP, ridge form
+  autodiff     the same maths by plain jax autodiff (lowrank_log_prob_autodiff)
+  torch        torch.distributions.LowRankMultivariateNormal (--torch_threads,
+               default 1), validate_args=False, loss.backward()
+  tfp          tfp (JAX substrate) MultivariateNormalDiagPlusLowRankCovariance,
+               the same covariance form P P^T + diag(d)
+  numpyro      numpyro.distributions.LowRankMultivariateNormal, when installed
+  distrax_scale distrax.MultivariateNormalDiagPlusLowRank(loc, sqrt d, P, P):
+               low rank on the *scale*, another distribution; cost only
 
-Prints a table of times and ratios, the slope of log time against log S of
-every method per rank (numpy polyfit), and writes everything to --out (JSON).
---quick is the reduced CPU grid: S in {784, 3072, 12288}, R in {5, 25}, B = 4,
-20 repeats, dense only at S = 784 (flags given explicitly still win).
-Memory: the compiled function's memory_analysis() (argument, output and temp
-bytes) where the backend gives it; on GPUs also the device's
-peak_bytes_in_use from memory_stats() after each case (a running maximum over
-the process: cases run from small to large).
+FLOP/s of `ours` counts 4 B S R^2 (2 B S R^2 for the Gram P^T D^-1 P, 2 B S
+R^2 for the backward's P C^-1 product: the least any Woodbury log_prob +
+gradient needs) against the float32 peak of a 2048^3 matmul in JAX, timed in
+the same rounds (so under the same load). Accuracy against float64: the
+relative error of the batch's summed log_prob, and max |g - g64| / max |g64|
+of the two gradients; the float64 reference is a separate numpy Woodbury
+implementation (checked against a dense scipy Cholesky at S = 784).
+
+JAX's own threading is left as is (XLA:CPU uses every core it is given);
+set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1' to pin it to one thread. The optional peers
+need the `benchmarks` extra of pyproject.toml (torch, numpyro); a peer that
+is not installed is skipped and said so.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -50,118 +54,163 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
+import scipy.stats
 
 # Run from a checkout without installing: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sosvae_jax.distributions.lowrank import LowRankMultivariateNormal
+from sosvae_jax.distributions import lowrank
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('sizes', ['784', '3072', '12288', '49152'],
-                  'Event sizes S (28*28, 3*32*32, 3*64*64, 3*128*128).')
-flags.DEFINE_list('ranks', ['5', '25', '100'], 'Ranks R of the factor P.')
-flags.DEFINE_integer('batch_size', 8, 'Images per call (B).')
-flags.DEFINE_integer('repeats', 10, 'Timed calls per case; the median is reported.')
-flags.DEFINE_integer('dense_max_size', 3072,
-                     'Largest S for the dense S x S Cholesky baseline.')
-flags.DEFINE_list('methods', ['lowrank', 'diag', 'scale_lr', 'dense'],
-                  'Which likelihoods to time.')
-flags.DEFINE_integer('seed', 0, 'Seed of the random parameters.')
-flags.DEFINE_bool('quick', False, 'Reduced grid for a CPU: --sizes=784,3072,12288 '
-                  '--ranks=5,25 --batch_size=4 --repeats=20 --dense_max_size=784.')
-flags.DEFINE_string('out', None, 'JSON output; default '
-                    'benchmarks/results/likelihood_<platform>.json.')
+flags.DEFINE_list('shapes', ['784x64', '3072x32', '12288x16'], 'SxB: event size x batch.')
+flags.DEFINE_integer('rank', 25, 'Rank R of the factor P.')
+flags.DEFINE_integer('repeats', 20, 'Rounds per shape (one call of every method each).')
+flags.DEFINE_list('methods', ['ours', 'autodiff', 'torch', 'tfp', 'numpyro', 'distrax_scale'],
+                  'Methods to time (missing optional peers are skipped).')
+flags.DEFINE_integer('torch_threads', 1, 'torch.set_num_threads.')
+flags.DEFINE_integer('peak_size', 2048, 'Size n of the n^3 float32 matmul giving the peak.')
+flags.DEFINE_bool('quick', False, 'Short run: --repeats=5 unless given.')
+flags.DEFINE_integer('seed', 0, 'Seed of the random inputs.')
+flags.DEFINE_string('out', None, 'JSON output; default benchmarks/results/likelihood_<platform>.json.')
 
-# Targets of the project (see benchmarks/README.md).
-TARGET_SPEEDUP_SIZE, TARGET_SPEEDUP_RANK, TARGET_SPEEDUP = 3 * 64 * 64, 25, 2.0
-TARGET_MAX_SLOPE = 1.1
+# Goals of the project (benchmarks/README.md).
+GOALS = {'torch': 2.5, 'tfp': 4.0}
+GOAL_PEAK_SHARE, GOAL_PEAK_SIZE = 0.35, 12288
+PEERS_OF_OURS = ('autodiff', 'torch', 'tfp', 'numpyro', 'distrax_scale')
+
+
+def make_inputs(batch: int, size: int, rank: int, seed: int) -> dict[str, np.ndarray]:
+  """Decoder-like float32 parameters and an x drawn from N(loc, P P^T + diag(d))."""
+  rng = np.random.default_rng(seed)
+  loc = rng.uniform(0, 1, (batch, size))  # (B, S)
+  factor = 0.3 / np.sqrt(rank) * rng.standard_normal((batch, size, rank))  # (B, S, R)
+  diag = rng.uniform(0.01, 0.1, (batch, size))  # (B, S)
+  x = (loc + np.einsum('bsr,br->bs', factor, rng.standard_normal((batch, rank)))
+       + np.sqrt(diag) * rng.standard_normal((batch, size)))
+  return {k: v.astype(np.float32) for k, v in dict(x=x, loc=loc, factor=factor, diag=diag).items()}
 
 
 # ----------------------------------------------------------------------------
-# The four log-likelihoods: (x, params) -> sum of log_prob over the batch.
+# float64 reference: numpy Woodbury, independent of the package's code.
 # ----------------------------------------------------------------------------
-def _lowrank(x, loc, factor, diag):
-  return jnp.sum(LowRankMultivariateNormal(loc, factor, diag).log_prob(x))
+def reference_float64(x, loc, factor, diag) -> tuple[float, np.ndarray, np.ndarray]:
+  """Summed log_prob and its gradients w.r.t. loc [B, S] and P [B, S, R]."""
+  x, loc, factor, diag = (np.asarray(a, np.float64) for a in (x, loc, factor, diag))
+  total, g_loc, g_factor = 0.0, np.empty_like(loc), np.empty_like(factor)
+  size, rank = factor.shape[-2:]
+  for b in range(loc.shape[0]):
+    p, d, r = factor[b], diag[b], x[b] - loc[b]
+    p_d = p / d[:, None]  # D^-1 P
+    cap = np.eye(rank) + p.T @ p_d
+    cho = scipy.linalg.cho_factor(cap, lower=True)
+    alpha = r / d - p_d @ scipy.linalg.cho_solve(cho, p_d.T @ r)  # Sigma^-1 r
+    log_det = np.sum(np.log(d)) + 2 * np.sum(np.log(np.diag(cho[0])))
+    total += -0.5 * (size * math.log(2 * math.pi) + log_det + r @ alpha)
+    g_loc[b] = alpha
+    prec_p = p_d @ scipy.linalg.cho_solve(cho, np.eye(rank))  # Sigma^-1 P = D^-1 P C^-1
+    g_factor[b] = np.outer(alpha, alpha @ p) - prec_p
+  return total, g_loc, g_factor
 
 
-def _diag(x, loc, diag):
-  return jnp.sum(distrax.MultivariateNormalDiag(loc, jnp.sqrt(diag)).log_prob(x))
+def check_reference_dense(inputs: dict[str, np.ndarray]) -> float:
+  """Largest relative gap of reference_float64 to a dense scipy Cholesky (image 0)."""
+  x, loc, factor, diag = (inputs[k][:1].astype(np.float64) for k in ('x', 'loc', 'factor', 'diag'))
+  cov = factor[0] @ factor[0].T + np.diag(diag[0])
+  cho = scipy.linalg.cho_factor(cov, lower=True)
+  alpha = scipy.linalg.cho_solve(cho, x[0] - loc[0])
+  dense_lp = float(scipy.stats.multivariate_normal(loc[0], cov).logpdf(x[0]))
+  dense_gp = (np.outer(alpha, alpha) - scipy.linalg.cho_solve(cho, np.eye(len(cov)))) @ factor[0]
+  lp, g_loc, g_factor = reference_float64(x, loc, factor, diag)
+  return max(abs(lp - dense_lp) / abs(dense_lp), np.abs(g_loc[0] - alpha).max() / np.abs(alpha).max(),
+             np.abs(g_factor[0] - dense_gp).max() / np.abs(dense_gp).max())
 
 
-def _scale_lowrank(x, loc, factor, diag):
+# ----------------------------------------------------------------------------
+# The methods: each returns call() -> (summed log_prob, grad loc, grad P).
+# ----------------------------------------------------------------------------
+def _jax_case(log_prob: Callable, inputs: dict[str, np.ndarray]) -> Callable:
+  """jit(value_and_grad) w.r.t. (loc, P) of log_prob(x, loc, P, d).sum()."""
+  loss = lambda loc, factor, x, diag: jnp.sum(log_prob(x, loc, factor, diag))
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  args = tuple(jnp.asarray(inputs[k]) for k in ('loc', 'factor', 'x', 'diag'))
+  call = lambda: jax.block_until_ready(step(*args))
+  call()  # compile and warm up
+  return lambda: (lambda out: (out[0], *out[1]))(call())
+
+
+def _tfp_log_prob(x, loc, factor, diag):
+  from tensorflow_probability.substrates import jax as tfp  # pylint: disable=g-import-not-at-top
+  dist = tfp.distributions.MultivariateNormalDiagPlusLowRankCovariance(
+      loc=loc, cov_diag_factor=diag, cov_perturb_factor=factor)
+  return dist.log_prob(x)
+
+
+def _numpyro_log_prob(x, loc, factor, diag):
+  import numpyro.distributions  # pylint: disable=g-import-not-at-top
+  return numpyro.distributions.LowRankMultivariateNormal(loc, factor, diag).log_prob(x)
+
+
+def _distrax_scale_log_prob(x, loc, factor, diag):
   # Scale diag(sqrt d) + P P^T: a different distribution, comparable cost.
-  dist = distrax.MultivariateNormalDiagPlusLowRank(loc, jnp.sqrt(diag), factor, factor)
-  return jnp.sum(dist.log_prob(x))
+  return distrax.MultivariateNormalDiagPlusLowRank(loc, jnp.sqrt(diag), factor, factor).log_prob(x)
 
 
-def _dense(x, loc, factor, diag):
-  cov = jnp.einsum('bsr,btr->bst', factor, factor)  # (B, S, S)
-  cov += jax.vmap(jnp.diag)(diag)
-  return jnp.sum(distrax.MultivariateNormalFullCovariance(loc, cov).log_prob(x))
+def _torch_case(inputs: dict[str, np.ndarray]) -> Callable:
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(FLAGS.torch_threads)
+  x, diag = (torch.from_numpy(inputs[k]) for k in ('x', 'diag'))
+  loc, factor = (torch.from_numpy(inputs[k]).requires_grad_() for k in ('loc', 'factor'))
+
+  def call():
+    loc.grad = factor.grad = None
+    dist = torch.distributions.LowRankMultivariateNormal(loc, factor, diag, validate_args=False)
+    total = dist.log_prob(x).sum()
+    total.backward()
+    return total.detach().numpy(), loc.grad.numpy(), factor.grad.numpy()
+
+  call()
+  return call
 
 
-METHODS: dict[str, tuple[Callable, tuple[str, ...]]] = {
-    'lowrank': (_lowrank, ('loc', 'factor', 'diag')),
-    'diag': (_diag, ('loc', 'diag')),
-    'scale_lr': (_scale_lowrank, ('loc', 'factor', 'diag')),
-    'dense': (_dense, ('loc', 'factor', 'diag')),
+JAX_METHODS = {
+    'ours': lowrank.lowrank_log_prob,
+    'autodiff': lowrank.lowrank_log_prob_autodiff,
+    'tfp': _tfp_log_prob,
+    'numpyro': _numpyro_log_prob,
+    'distrax_scale': _distrax_scale_log_prob,
 }
 
 
-def make_inputs(batch: int, size: int, rank: int, seed: int) -> dict[str, jax.Array]:
-  """Decoder-like parameters and an x drawn from N(loc, P P^T + diag(d))."""
-  rng = np.random.default_rng(seed)
-  loc = rng.uniform(0, 1, (batch, size)).astype(np.float32)  # (B, S)
-  factor = (0.3 / np.sqrt(rank) * rng.standard_normal((batch, size, rank))).astype(np.float32)
-  diag = rng.uniform(0.01, 0.1, (batch, size)).astype(np.float32)  # (B, S)
-  omega_p = rng.standard_normal((batch, rank)).astype(np.float32)
-  x = loc + np.einsum('bsr,br->bs', factor, omega_p) + np.sqrt(diag) * rng.standard_normal(
-      (batch, size)).astype(np.float32)
-  return {k: jnp.asarray(v) for k, v in
-          dict(x=x, loc=loc, factor=factor, diag=diag).items()}
+def build_case(method: str, inputs: dict[str, np.ndarray]) -> Callable:
+  if method == 'torch':
+    return _torch_case(inputs)
+  return _jax_case(JAX_METHODS[method], inputs)
+
+
+def available(method: str) -> str | None:
+  """None if the method can run here, else why not."""
+  module = {'torch': 'torch', 'numpyro': 'numpyro'}.get(method)
+  if module is None:
+    return None if method in JAX_METHODS else 'unknown method'
+  try:
+    __import__(module)
+  except ImportError as e:
+    return f'not installed ({e}); pip install -e .[benchmarks]'
+  return None
+
+
+def peak_case(n: int) -> Callable:
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(matmul(a))
+  return lambda: jax.block_until_ready(matmul(a))
 
 
 # ----------------------------------------------------------------------------
 # Measuring.
 # ----------------------------------------------------------------------------
-def _memory_analysis(compiled) -> dict[str, int] | str:
-  try:
-    analysis = compiled.memory_analysis()
-  except Exception as e:  # pylint: disable=broad-except  # backend-specific
-    return f'unavailable ({type(e).__name__})'
-  if analysis is None:
-    return 'unavailable'
-  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
-            'generated_code_size_in_bytes')
-  return {f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}
-
-
-def _device_peak_bytes() -> int | None:
-  stats = jax.devices()[0].memory_stats()  # None on CPU
-  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
-
-
-def compile_case(method: str, inputs: dict[str, jax.Array]) -> tuple[Callable, dict]:
-  """jit(value_and_grad) of one likelihood, compiled and warmed up."""
-  fn, names = METHODS[method]
-  loss = lambda *params, x: fn(x, *params)
-  step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(names)))))
-  args = tuple(inputs[n] for n in names)
-  t0 = time.perf_counter()
-  compiled = step.lower(*args, x=inputs['x']).compile()
-  compile_s = time.perf_counter() - t0
-  value, _ = jax.block_until_ready(compiled(*args, x=inputs['x']))  # warm-up
-  call = lambda: jax.block_until_ready(compiled(*args, x=inputs['x']))
-  return call, {'compile_s': compile_s, 'log_prob_sum': float(value),
-                'memory_analysis': _memory_analysis(compiled),
-                'device_peak_bytes_so_far': _device_peak_bytes()}
-
-
-def time_cases(calls: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
-  """Seconds per call, the methods interleaved in rounds.
-
-  On a shared machine a burst of load then slows every method of a round
-  alike, so ratios taken within a round are fairer than ratios of medians.
-  """
+def time_rounds(calls: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
+  """Seconds per call, one call of every method per round."""
   times = {m: [] for m in calls}
   for _ in range(repeats):
     for method, call in calls.items():
@@ -171,176 +220,151 @@ def time_cases(calls: dict[str, Callable], repeats: int) -> dict[str, list[float
   return times
 
 
-def measure_row(size: int, rank: int, methods: list[str], repeats: int) -> dict:
-  """All methods at one (S, R): times, paired ratios, memory, a value check."""
-  inputs = make_inputs(FLAGS.batch_size, size, rank, FLAGS.seed)
-  row, calls = {'size': size, 'rank': rank}, {}
-  for method in methods:
-    if method == 'dense' and size > FLAGS.dense_max_size:
-      continue
-    calls[method], row[method] = compile_case(method, inputs)
-  for method, times in time_cases(calls, repeats).items():
-    row[method].update(median_s=statistics.median(times), min_s=min(times), times_s=times)
-    print(f'  S={size:6d} R={rank:3d} {method:9s} {_ms(row[method]):>10s} ms '
-          f'(compile {row[method]["compile_s"]:.1f} s)', flush=True)
-  paired = {'lowrank_over_diag': ('lowrank', 'diag'),
-            'scale_lr_over_lowrank': ('scale_lr', 'lowrank'),
-            'dense_over_lowrank': ('dense', 'lowrank')}
-  row['paired_ratios'] = {
-      name: statistics.median(np.divide(row[a]['times_s'], row[b]['times_s']).tolist())
-      for name, (a, b) in paired.items() if a in row and b in row}
-  if 'dense' in row and 'lowrank' in row:  # the same distribution: same value
-    a, b = row['lowrank']['log_prob_sum'], row['dense']['log_prob_sum']
-    row['lowrank_vs_dense_rel_diff'] = abs(a - b) / max(abs(b), 1e-30)
+def accuracy(outputs, reference) -> dict[str, float]:
+  value, g_loc, g_factor = (np.asarray(o, np.float64) for o in outputs)
+  ref_value, ref_loc, ref_factor = reference
+  rel = lambda got, want: float(np.abs(got - want).max() / np.abs(want).max())
+  return {'log_prob_rel': abs(float(value) - ref_value) / abs(ref_value),
+          'grad_loc_rel': rel(g_loc, ref_loc), 'grad_factor_rel': rel(g_factor, ref_factor)}
+
+
+def measure_shape(size: int, batch: int, methods: list[str], peak: Callable) -> dict:
+  """Times, within-round ratios, FLOP/s and accuracy at one (S, B)."""
+  rank = FLAGS.rank
+  inputs = make_inputs(batch, size, rank, FLAGS.seed)
+  reference = reference_float64(**inputs)
+  calls = {m: build_case(m, inputs) for m in methods}
+  row = {'size': size, 'batch': batch, 'rank': rank,
+         'accuracy': {m: accuracy(call(), reference) for m, call in calls.items()}}
+  times = time_rounds({**calls, 'peak': peak}, FLAGS.repeats)
+  row['median_ms'] = {m: 1e3 * statistics.median(t) for m, t in times.items()}
+  row['times_s'] = times
+  row['ratio_to_ours'] = {
+      m: statistics.median(np.divide(times[m], times['ours']).tolist())
+      for m in methods if m != 'ours'}
+  flops, peak_flops = 4 * batch * size * rank**2, 2 * FLAGS.peak_size**3
+  row['ours_gflops'] = flops / statistics.median(times['ours']) / 1e9
+  row['peak_gflops'] = peak_flops / statistics.median(times['peak']) / 1e9
+  row['ours_peak_share'] = statistics.median(
+      (flops / np.array(times['ours'])) / (peak_flops / np.array(times['peak'])))
   return row
-
-
-def fitted_slopes(results: list[dict], ranks: list[int], stat: str = 'median_s',
-                  method: str = 'lowrank') -> dict[int, float | None]:
-  """Slope of log(time) against log(S) of `method`, per rank (time = stat)."""
-  slopes = {}
-  for rank in ranks:
-    points = [(r['size'], r[method][stat]) for r in results
-              if r['rank'] == rank and method in r]
-    if len({s for s, _ in points}) < 2:
-      slopes[rank] = None
-      continue
-    sizes, times = np.log([p[0] for p in points]), np.log([p[1] for p in points])
-    slopes[rank] = float(np.polyfit(sizes, times, 1)[0])
-  return slopes
 
 
 # ----------------------------------------------------------------------------
 # Reporting.
 # ----------------------------------------------------------------------------
-def _ms(case: dict | None) -> str:
-  return f'{1e3 * case["median_s"]:.3f}' if case else '-'
-
-
-def _ratio(row: dict, name: str) -> str:
-  value = row['paired_ratios'].get(name)
-  return '-' if value is None else f'{value:.2f}'
-
-
-def _temp_mb(case: dict | None) -> str:
-  mem = case and case['memory_analysis']
-  return f'{mem["temp_size_in_bytes"] / 2**20:.1f}' if isinstance(mem, dict) and \
-      'temp_size_in_bytes' in mem else '-'
-
-
-def format_table(results: list[dict]) -> str:
-  """Markdown table: median ms per call and the three ratios.
-
-  Ratios are medians over rounds of the within-round ratio (time_cases).
-  """
-  lines = ['| S | R | lowrank ms | diag ms | scale_lr ms | dense ms | lowrank/diag '
-           '| scale_lr/lowrank | dense/lowrank | lowrank temp MB | dense temp MB |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
-  for r in results:
-    g = r.get
-    lines.append(
-        f'| {r["size"]} | {r["rank"]} | {_ms(g("lowrank"))} | {_ms(g("diag"))} | '
-        f'{_ms(g("scale_lr"))} | {_ms(g("dense"))} | {_ratio(r, "lowrank_over_diag")} | '
-        f'{_ratio(r, "scale_lr_over_lowrank")} | {_ratio(r, "dense_over_lowrank")} | '
-        f'{_temp_mb(g("lowrank"))} | {_temp_mb(g("dense"))} |')
+def format_tables(rows: list[dict], methods: list[str]) -> str:
+  peers = [m for m in methods if m != 'ours']
+  lines = ['median ms per call (log_prob + grad w.r.t. loc and P, summed over the batch):', '',
+           '| S | B | ' + ' | '.join(methods) + ' | matmul peak ms |',
+           '|---|---|' + '---|' * (len(methods) + 1)]
+  for r in rows:
+    lines.append(f'| {r["size"]} | {r["batch"]} | '
+                 + ' | '.join(f'{r["median_ms"][m]:.2f}' for m in methods)
+                 + f' | {r["median_ms"]["peak"]:.1f} |')
+  lines += ['', 'time / ours (median of within-round ratios), ours\' FLOP/s (4 B S R^2):', '',
+            '| S | B | ' + ' | '.join(peers) + ' | ours GFLOP/s | peak GFLOP/s | share of peak |',
+            '|---|---|' + '---|' * (len(peers) + 3)]
+  for r in rows:
+    lines.append(f'| {r["size"]} | {r["batch"]} | '
+                 + ' | '.join(f'{r["ratio_to_ours"][m]:.2f}' for m in peers)
+                 + f' | {r["ours_gflops"]:.1f} | {r["peak_gflops"]:.1f} | '
+                 f'{100 * r["ours_peak_share"]:.0f}% |')
+  means = geometric_means(rows, peers)
+  lines.append('| geo. mean | | ' + ' | '.join(f'{means[m]:.2f}' for m in peers) + ' | | | |')
+  lines += ['', 'accuracy against float64 (batch-sum log_prob relative; gradients max abs '
+            'error / max abs value):', '',
+            '| S | B | method | log_prob | grad loc | grad P |', '|---|---|---|---|---|---|']
+  for r in rows:
+    for m in methods:
+      a = r['accuracy'][m]
+      lines.append(f'| {r["size"]} | {r["batch"]} | {m} | {a["log_prob_rel"]:.1e} | '
+                   f'{a["grad_loc_rel"]:.1e} | {a["grad_factor_rel"]:.1e} |')
   return '\n'.join(lines)
 
 
-def target_verdicts(results: list[dict], slopes: dict[int, float | None]) -> list[str]:
-  """The project's two targets, checked on this run's numbers."""
+def geometric_means(rows: list[dict], peers: list[str]) -> dict[str, float]:
+  return {m: math.exp(statistics.fmean(math.log(r['ratio_to_ours'][m]) for r in rows))
+          for m in peers}
+
+
+def goal_verdicts(rows: list[dict], methods: list[str]) -> list[str]:
+  means = geometric_means(rows, [m for m in methods if m != 'ours'])
   lines = []
-  case = next((r for r in results if r['size'] == TARGET_SPEEDUP_SIZE and
-               r['rank'] == TARGET_SPEEDUP_RANK and 'lowrank' in r and 'scale_lr' in r), None)
-  if case is None:
-    lines.append(f'target 1 (scale_lr/lowrank >= {TARGET_SPEEDUP} at S={TARGET_SPEEDUP_SIZE}, '
-                 f'R={TARGET_SPEEDUP_RANK}): not measured in this run')
-  else:
-    speedup = case['paired_ratios']['scale_lr_over_lowrank']
-    lines.append(f'target 1 (scale_lr/lowrank >= {TARGET_SPEEDUP} at S={TARGET_SPEEDUP_SIZE}, '
-                 f'R={TARGET_SPEEDUP_RANK}): {speedup:.2f} -> '
-                 f'{"met" if speedup >= TARGET_SPEEDUP else "NOT met"}')
-  for rank, slope in slopes.items():
-    verdict = ('not measured (fewer than 2 sizes)' if slope is None else
-               f'{slope:.3f} -> {"met" if slope <= TARGET_MAX_SLOPE else "NOT met"}')
-    lines.append(f'target 2 (slope of log time vs log S <= {TARGET_MAX_SLOPE}), R={rank}: '
-                 f'{verdict}')
+  for peer, goal in GOALS.items():
+    if peer not in means:
+      lines.append(f'goal {peer}/ours >= {goal}: not measured')
+      continue
+    lines.append(f'goal {peer}/ours >= {goal} (geometric mean): {means[peer]:.2f} -> '
+                 f'{"met" if means[peer] >= goal else "NOT met"}')
+  big = [r for r in rows if r['size'] == GOAL_PEAK_SIZE]
+  for r in big:
+    share = r['ours_peak_share']
+    lines.append(f'goal >= {GOAL_PEAK_SHARE:.0%} of matmul peak at S={GOAL_PEAK_SIZE}: '
+                 f'{share:.0%} -> {"met" if share >= GOAL_PEAK_SHARE else "NOT met"}')
+  worst = max(max(r['accuracy']['ours'].values()) for r in rows)
+  lp = max(r['accuracy']['ours']['log_prob_rel'] for r in rows)
+  grads = max(max(r['accuracy']['ours']['grad_loc_rel'], r['accuracy']['ours']['grad_factor_rel'])
+              for r in rows)
+  lines.append(f'goal ours log_prob within 1e-6 and gradients within 1e-4 of float64: '
+               f'{lp:.1e}, {grads:.1e} -> {"met" if lp <= 1e-6 and grads <= 1e-4 else "NOT met"}'
+               f' (worst of all: {worst:.1e})')
   return lines
 
 
-def device_description() -> dict[str, str | int]:
+def environment() -> dict:
   device = jax.devices()[0]
+  versions = {'jax': jax.__version__}
+  for module in ('torch', 'numpyro', 'tensorflow_probability', 'distrax'):
+    try:
+      versions[module] = __import__(module).__version__
+    except ImportError:
+      versions[module] = None
   return {'platform': device.platform, 'device_kind': device.device_kind,
-          'device_count': jax.device_count(), 'jax_version': jax.__version__,
-          'host': platform.platform(), 'cpu_count': os.cpu_count() or 0}
+          'cpu_count': os.cpu_count() or 0, 'host': platform.platform(),
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'torch_threads': FLAGS.torch_threads,
+          'load_average': os.getloadavg(), 'versions': versions}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.quick:  # the CPU grid, unless a flag was given explicitly
-    for name, value in dict(sizes=['784', '3072', '12288'], ranks=['5', '25'], batch_size=4,
-                            repeats=20, dense_max_size=784).items():
-      if FLAGS[name].using_default_value:
-        FLAGS[name].value = value
-  sizes = sorted(int(s) for s in FLAGS.sizes)
-  ranks = sorted(int(r) for r in FLAGS.ranks)
-  unknown = set(FLAGS.methods) - set(METHODS)
-  if unknown:
-    raise app.UsageError(f'Unknown --methods {sorted(unknown)}; choose from {list(METHODS)}.')
-  device = device_description()
-  print(f'device: {device["platform"]} / {device["device_kind"]} '
-        f'({device["device_count"]} device(s)), jax {device["jax_version"]}')
-  print(f'batch {FLAGS.batch_size}, repeats {FLAGS.repeats}, sizes {sizes}, ranks {ranks}, '
-        f'dense only for S <= {FLAGS.dense_max_size}')
-
-  print('memory: temp bytes from the compiled function\'s memory_analysis() (table, JSON)'
-        + ('; device peak_bytes_in_use after each case in the JSON'
-           if _device_peak_bytes() is not None else
-           '; device memory_stats() unavailable on this platform'))
-
-  results = [measure_row(size, rank, FLAGS.methods, FLAGS.repeats)
-             for size in sizes for rank in ranks if rank < size]
-
-  slopes = fitted_slopes(results, ranks)
-  slopes_min = fitted_slopes(results, ranks, 'min_s')  # less hit by others' load
-  all_slopes = {m: fitted_slopes(results, ranks, method=m) for m in FLAGS.methods}
-  table = format_table(results)
-  verdicts = target_verdicts(results, slopes)
+  if FLAGS.quick and FLAGS['repeats'].using_default_value:
+    FLAGS.repeats = 5
+  methods = []
+  for method in FLAGS.methods:
+    why = available(method)
+    if why:
+      print(f'skipping {method}: {why}')
+    else:
+      methods.append(method)
+  if 'ours' not in methods:
+    raise app.UsageError('--methods must include ours.')
+  env = environment()
+  print(f'device: {env["platform"]} / {env["device_kind"]}, {env["cpu_count"]} CPUs, '
+        f'load average {env["load_average"][0]:.1f}; XLA_FLAGS={env["xla_flags"]!r}; '
+        f'torch threads {FLAGS.torch_threads}; versions {env["versions"]}')
+  shapes = [tuple(int(v) for v in s.split('x')) for s in FLAGS.shapes]
+  print(f'float32, R={FLAGS.rank}, (S, B) in {shapes}, {FLAGS.repeats} rounds; reference check '
+        f'(numpy Woodbury vs dense scipy, S=784): '
+        f'{check_reference_dense(make_inputs(1, 784, FLAGS.rank, FLAGS.seed)):.1e}', flush=True)
+  peak = peak_case(FLAGS.peak_size)
+  rows = []
+  for size, batch in shapes:
+    rows.append(measure_shape(size, batch, methods, peak))
+    print(f'  S={size} B={batch}: ' + ', '.join(
+        f'{m} {rows[-1]["median_ms"][m]:.2f} ms' for m in methods), flush=True)
   print()
-  print('median time of one jitted log_prob + gradient call over the batch; ratios are '
-        'medians of within-round ratios:')
-  print(table)
+  print(format_tables(rows, methods))
   print()
-  for rank, slope in slopes.items():
-    fmt = lambda v: '-' if v is None else f'{v:.3f}'
-    print(f'lowrank: slope of log time vs log S at R={rank}: {fmt(slope)} '
-          f'(from the fastest call of each case: {fmt(slopes_min[rank])})')
-  for method, per_rank in all_slopes.items():
-    shown = ', '.join(f'R={k}: {"-" if v is None else f"{v:.3f}"}' for k, v in per_rank.items())
-    print(f'slope of log time vs log S, {method}: {shown}')
-  for line in verdicts:
+  for line in goal_verdicts(rows, methods):
     print(line)
-  for r in results:
-    if 'lowrank_vs_dense_rel_diff' in r:
-      print(f'check S={r["size"]} R={r["rank"]}: |lowrank - dense| / |dense| log_prob = '
-            f'{r["lowrank_vs_dense_rel_diff"]:.2e}')
-
   out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
-                                  f'likelihood_{device["platform"]}.json')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+                                  f'likelihood_{env["platform"]}.json')
+  os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, 'w') as f:
-    json.dump({'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-               'device': device,
-               'flags': {'sizes': sizes, 'ranks': ranks, 'batch_size': FLAGS.batch_size,
-                         'repeats': FLAGS.repeats, 'dense_max_size': FLAGS.dense_max_size,
-                         'methods': list(FLAGS.methods), 'seed': FLAGS.seed,
-                         'quick': FLAGS.quick},
-               'results': results,
-               'lowrank_slopes': {str(k): v for k, v in slopes.items()},
-               'lowrank_slopes_from_min': {str(k): v for k, v in slopes_min.items()},
-               'slopes': {m: {str(k): v for k, v in d.items()}
-                          for m, d in all_slopes.items()},
-               'targets': verdicts, 'table': table}, f, indent=2)
+    json.dump({'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               'environment': env, 'repeats': FLAGS.repeats, 'rows': rows}, f, indent=1)
   print(f'wrote {out}')
 
 

@@ -36,6 +36,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from sosvae_jax.distributions.numerics import compute_dtype
+
 Array = jax.Array
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -49,12 +51,6 @@ class LowRankNoise(NamedTuple):
 
   omega_p: Array  # [..., R]
   omega_d: Array  # [..., S]
-
-
-def _compute_dtype(*arrays: Array) -> jnp.dtype:
-  """At least float32: Cholesky and log-determinants are not safe in bf16."""
-  dtype = jnp.result_type(*arrays)
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def whitened_factor(cov_factor: Array, cov_diag: Array) -> Array:
@@ -148,6 +144,118 @@ def _mahalanobis_from_cholesky(residual, cov_factor, cov_diag, chol):
   return jnp.sum(jnp.square(y), -1) + jnp.sum(jnp.square(a), -1)
 
 
+def _solve_capacitance(chol: Array, rhs: Array) -> Array:
+  """C^-1 rhs from the lower Cholesky factor; chol [..., R, R], rhs [..., R, K]."""
+  lower = jax.lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
+  return jax.lax.linalg.triangular_solve(chol, lower, left_side=True, lower=True,
+                                         transpose_a=True)
+
+
+def _matmul(spec: str, *operands: Array) -> Array:
+  # Full float32 products also on accelerators (no TF32/bf16 passes): the
+  # accuracy targets of the likelihood are float32 ones.
+  return jnp.einsum(spec, *operands, precision=jax.lax.Precision.HIGHEST)
+
+
+def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag):
+  """Shared forward; all inputs broadcast to one batch shape [...]."""
+  size, rank = cov_factor.shape[-2:]
+  inv_sqrt_d = jax.lax.rsqrt(cov_diag)  # (..., S)
+  # One buffer Z = [W | u]: its Gram gives W^T W and W^T u in one product,
+  # and the ridge residual and the P-gradient are single products with it.
+  z = jnp.concatenate([cov_factor * inv_sqrt_d[..., None],
+                       ((x - loc) * inv_sqrt_d)[..., None]], -1)  # (..., S, R+1)
+  gram = _matmul('...sr,...sq->...rq', z, z)  # (..., R+1, R+1)
+  capacitance = jnp.eye(rank, dtype=z.dtype) + gram[..., :rank, :rank]
+  chol = jnp.linalg.cholesky(capacitance)  # (..., R, R)
+  a = _solve_capacitance(chol, gram[..., :rank, rank:])[..., 0]  # (..., R)
+  # Ridge form y = u - W a (module docstring): no cancellation for tiny d.
+  coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
+  y = _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
+  maha = jnp.sum(jnp.square(y), -1) + jnp.sum(jnp.square(a), -1)
+  log_det = _log_det_from_cholesky(chol, cov_diag)
+  log_prob = -0.5 * (size * _LOG_2PI + log_det + maha)
+  entropy = 0.5 * (size * (1.0 + _LOG_2PI) + log_det)
+  return (log_prob, entropy), (z, inv_sqrt_d, y, a, chol)
+
+
+@jax.custom_vjp
+def _log_prob_entropy(x, loc, cov_factor, cov_diag):
+  return _log_prob_entropy_forward(x, loc, cov_factor, cov_diag)[0]
+
+
+def _log_prob_entropy_backward(residuals, cotangents):
+  """Closed-form gradients through the R x R capacitance, O(S R^2).
+
+  With alpha = Sigma^-1 (x - mu) = D^-1/2 y, P^T alpha = a and
+  Sigma^-1 P = D^-1/2 W C^-1 (Woodbury):
+    d log N / d mu = alpha,  d log N / d P = alpha a^T - Sigma^-1 P,
+    d log N / d d = (alpha^2 - diag Sigma^-1) / 2,
+    d H / d P = Sigma^-1 P,  d H / d d = diag(Sigma^-1) / 2.
+  """
+  z, inv_sqrt_d, y, a, chol = residuals
+  g_lp, g_h = cotangents  # (...), (...)
+  rank = a.shape[-1]
+  eye = jnp.broadcast_to(jnp.eye(rank, dtype=z.dtype), chol.shape)
+  cap_inv = _solve_capacitance(chol, eye)  # (..., R, R)
+  # One step of iterative refinement of a: its normal-equation residual
+  # W^T u - C a = W^T y - a is computed from W, not from the rounded C.
+  # The value is stationary in a, the gradient is not: without this step
+  # an ill-conditioned C (tiny d) costs alpha three digits in float32.
+  w_t_y = _matmul('...sr,...s->...r', z, y)[..., :rank]  # (..., R)
+  a = a + _matmul('...rq,...q->...r', cap_inv, w_t_y - a)
+  coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
+  y = _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
+  g_det = (g_h - g_lp)[..., None, None]  # weight of Sigma^-1 P
+  g_lp_ = g_lp[..., None, None]
+  # g_lp alpha a^T + g_det Sigma^-1 P = D^-1/2 [W | y] [[g_det C^-1], [g_lp a^T]]
+  # and [W | y] = Z [[I, -a], [0, 1]], so one product with Z gives it all.
+  top = g_det * cap_inv - g_lp_ * a[..., :, None] * a[..., None, :]  # (..., R, R)
+  mix = jnp.concatenate([top, g_lp_ * a[..., None, :]], -2)  # (..., R+1, R)
+  d_factor = _matmul('...sr,...rq->...sq', z, mix) * inv_sqrt_d[..., None]
+  alpha = y * inv_sqrt_d  # (..., S)
+  w = z[..., :rank]
+  # diag(Sigma^-1) = (1 - rowsum(W C^-1 * W)) / d; XLA drops this when no
+  # gradient w.r.t. d is asked for (SOS-VAE's fixed D).
+  hat = jnp.sum(_matmul('...sr,...rq->...sq', w, cap_inv) * w, -1)  # (..., S)
+  prec_diag = jnp.square(inv_sqrt_d) * (1.0 - hat)
+  d_diag = 0.5 * (g_lp[..., None] * jnp.square(alpha) + (g_h - g_lp)[..., None] * prec_diag)
+  d_loc = g_lp[..., None] * alpha
+  return -d_loc, d_loc, d_factor, d_diag
+
+
+_log_prob_entropy.defvjp(_log_prob_entropy_forward, _log_prob_entropy_backward)
+
+
+def lowrank_log_prob_and_entropy(x: Array, loc: Array, cov_factor: Array,
+                                 cov_diag: Array) -> tuple[Array, Array]:
+  """log N(x; mu, P P^T + diag(d)) and the entropy, from ONE factorisation.
+
+  Summed over the S event dimensions, with hand-written gradients (a
+  jax.custom_vjp) w.r.t. all four arguments: one O(S R^2) product forward
+  (the Gram of [W | u]) and one backward (Z times an (R+1) x R matrix),
+  where autodiff of the plain form does three, and no S x S array. The
+  train step calls this once for both terms of the objective. Float32 at
+  least (bf16 inputs are promoted).
+
+  Args:
+    x: [..., S].
+    loc: mu, [..., S].
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S], positive.
+
+  Returns:
+    (log_prob, entropy), each [...] (the broadcast batch shape).
+  """
+  dtype = compute_dtype(x, loc, cov_factor, cov_diag)
+  batch = jnp.broadcast_shapes(x.shape[:-1], loc.shape[:-1], cov_factor.shape[:-2],
+                               cov_diag.shape[:-1])
+  size, rank = cov_factor.shape[-2:]
+  vector = lambda v: jnp.broadcast_to(v.astype(dtype), batch + (size,))
+  factor = jnp.broadcast_to(cov_factor.astype(dtype), batch + (size, rank))
+  return _log_prob_entropy(vector(x), vector(loc), factor, vector(cov_diag))
+
+
 def lowrank_log_prob(x: Array, loc: Array, cov_factor: Array,
                      cov_diag: Array) -> Array:
   """log N(x; mu, P P^T + diag(d)), summed over the S event dimensions.
@@ -160,6 +268,15 @@ def lowrank_log_prob(x: Array, loc: Array, cov_factor: Array,
 
   Returns:
     [...].
+  """
+  return lowrank_log_prob_and_entropy(x, loc, cov_factor, cov_diag)[0]
+
+
+def lowrank_log_prob_autodiff(x: Array, loc: Array, cov_factor: Array,
+                              cov_diag: Array) -> Array:
+  """lowrank_log_prob by plain jax autodiff: the reference of the custom VJP.
+
+  Same shapes as lowrank_log_prob.
   """
   size = loc.shape[-1]
   chol = capacitance_cholesky(cov_factor, cov_diag)
@@ -178,8 +295,9 @@ def lowrank_entropy(cov_factor: Array, cov_diag: Array) -> Array:
   Returns:
     [...].
   """
-  size = cov_diag.shape[-1]
-  return 0.5 * (size * (1.0 + _LOG_2PI) + lowrank_log_det(cov_factor, cov_diag))
+  # x = mu: the shared kernel with a zero residual, for its gradients.
+  zeros = jnp.zeros_like(cov_diag)
+  return lowrank_log_prob_and_entropy(zeros, zeros, cov_factor, cov_diag)[1]
 
 
 def lowrank_sample_from_noise(loc: Array, cov_factor: Array, cov_diag: Array,
@@ -215,7 +333,7 @@ class LowRankMultivariateNormal(distrax.Distribution):
   def __init__(self, loc: Array, cov_factor: Array, cov_diag: Array):
     super().__init__()
     self._check_parameters(loc, cov_factor, cov_diag)
-    dtype = _compute_dtype(loc, cov_factor, cov_diag)
+    dtype = compute_dtype(loc, cov_factor, cov_diag)
     batch = jnp.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2],
                                  cov_diag.shape[:-1])
     size, rank = cov_factor.shape[-2:]
@@ -280,6 +398,11 @@ class LowRankMultivariateNormal(distrax.Distribution):
 
   def entropy(self) -> Array:
     return lowrank_entropy(self._cov_factor, self._cov_diag)
+
+  def log_prob_and_entropy(self, value: Array) -> tuple[Array, Array]:
+    """(log_prob(value), entropy()) from one capacitance factorisation."""
+    return lowrank_log_prob_and_entropy(value, self._loc, self._cov_factor,
+                                        self._cov_diag)
 
   def log_det_covariance(self) -> Array:
     return lowrank_log_det(self._cov_factor, self._cov_diag)
