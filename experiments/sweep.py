@@ -1,0 +1,105 @@
+"""Command line: many runs from one grid or sweep file, then one table.
+
+  python -m experiments.sweep --config=experiments/configs/sigma_vae/beta_vae.py \
+      --grid=kl_weight=0.003,0.01,0.03,0.1,0.3 --grid=seed=0,1,2 \
+      --workdir=runs/sweeps/beta --mode=sequential   # or print
+  python -m experiments.sweep --config=experiments/configs/default.py \
+      --sweep=experiments/sweeps/entropy_budget.py --workdir=runs/sweeps/entropy
+  python -m experiments.sweep collect --workdir=runs/sweeps/beta
+
+Every point is an ordinary run in WORKDIR/<field=value,...>; WORKDIR/sweep.json
+maps index -> overrides; `--index=N` runs one point (Slurm: --index=$SLURM_ARRAY_TASK_ID);
+the same command again resumes unfinished points and skips finished ones.
+The logic lives in sosvae_jax/sweep.py.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from experiments import cli
+from sosvae_jax import logs
+from sosvae_jax import sweep
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Base config file, optionally with an argument: file.py:smoke.',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Sweep folder: sweep.json, tables, one folder per point.')
+flags.DEFINE_multi_string('grid', [], 'FIELD=V1,V2,...: a swept config field; several '
+                          '--grid flags give their product.')
+flags.DEFINE_string('sweep', None, 'Sweep file (file.py or file.py:arg) whose get_sweep() '
+                    'returns a list of override dicts; combined with --grid as a product.')
+flags.DEFINE_enum('mode', 'sequential', ['print', *sweep.ENGINES],
+                  'print: one command per point; otherwise the engine that trains.')
+flags.DEFINE_integer('index', None, 'Run (or print) only the point of this index.')
+flags.DEFINE_bool('evaluate', False, 'After training, run the evaluation command on '
+                  'every point (POINT/eval/results.json), with its config.evaluation '
+                  'settings (e.g. --config.evaluation.num_samples=1000).')
+flags.DEFINE_list('metrics', None, 'Metrics of the tables and the plot (default: '
+                  f'those of {",".join(sweep.DEFAULT_METRICS)} present).')
+
+
+def _points() -> tuple[str, dict, list[sweep.Point]]:
+  """(config argument, base overrides, points) from the flags; SweepError if bad."""
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required to run a sweep.', exitcode=cli.USER_ERROR)
+  config_arg = config_flags.get_config_filename(FLAGS['config'])
+  base_overrides = config_flags.get_override_values(FLAGS['config'])
+  overrides = sweep.grid_points(FLAGS.config, FLAGS.grid)
+  if FLAGS.sweep:
+    overrides = sweep.product(sweep.load_sweep_file(FLAGS.sweep), overrides)
+  return config_arg, base_overrides, sweep.make_points(FLAGS.config, overrides, FLAGS.workdir)
+
+
+def _collect() -> bool:
+  """Writes and prints the tables; True if any point failed."""
+  result = sweep.collect(FLAGS.workdir, FLAGS.metrics)
+  print(result['markdown'])
+  logging.info('Tables: %s, %s, %s; plot %s', result['paths']['markdown'],
+               result['paths']['csv'], result['paths']['json'], result['paths']['png'])
+  return sweep.any_failed(result['rows'])
+
+
+def main(argv):
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required.', exitcode=cli.USER_ERROR)
+  logs.setup()
+  if argv[1:] == ['collect']:
+    try:
+      sys.exit(1 if _collect() else 0)
+    except sweep.SweepError as e:
+      logging.error('%s', e)
+      sys.exit(2)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]} (only "collect").',
+                         exitcode=cli.USER_ERROR)
+  try:
+    config_arg, base_overrides, points = _points()
+    groups = sweep.group_points(points)
+    sweep.check_points(points)
+    if FLAGS.index is not None and not 0 <= FLAGS.index < len(points):
+      raise sweep.SweepError(f'--index={FLAGS.index}: the sweep has points 0..{len(points) - 1}.')
+  except sweep.SweepError as e:
+    logging.error('%s', e)
+    sys.exit(2)
+  print(sweep.describe_groups(groups))
+  sweep.write_manifest(FLAGS.workdir, sweep.manifest(config_arg, base_overrides, points, groups))
+  chosen = points if FLAGS.index is None else [points[FLAGS.index]]
+  if FLAGS.mode == 'print':
+    for p in chosen:
+      print(sweep.command(config_arg, base_overrides, p, evaluate=FLAGS.evaluate))
+    return
+  outcomes = sweep.run_sweep(chosen, sweep.ENGINES[FLAGS.mode], evaluate=FLAGS.evaluate)
+  for index, outcome in sorted(outcomes.items()):
+    logging.info('point %d: %s %s', index, outcome.status, outcome.message)
+  failed = FLAGS.index is None and _collect()
+  bad = {sweep.FAILED, sweep.NONFINITE, sweep.UNFINISHED, sweep.NOT_STARTED}
+  sys.exit(1 if failed or any(o.status in bad for o in outcomes.values()) else 0)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
