@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-from absl import logging
 import jax
 import ml_collections
 
 from sosvae_jax import input_pipeline
 from sosvae_jax import lagrangian
-from sosvae_jax import likelihoods
+from sosvae_jax.models import LIKELIHOODS
 
 MODELS = ('conv',)
 SAMPLERS = ('prior', 'gmm')
-# Likelihoods that read config.likelihood.rank and fixed_diag.
-LOW_RANK_LIKELIHOODS = ('lowrank_gaussian',)
-# Likelihoods whose variance is at least a diagonal d (fixed_diag, else the
-# learned diagonal's floor min_variance): their entropy is bounded below.
-DIAGONAL_FLOOR_LIKELIHOODS = ('lowrank_gaussian', 'diagonal_gaussian')
 # The constraint values train.loss_fn computes; any other name fails in jit.
 CONSTRAINT_VALUES = ('kl', 'entropy')
-# Fields that change values but not the shapes of parameters or optimizer
-# state: a resumed run may change them without starting afresh.
-NON_STRUCTURAL_FIELDS = (
-    'model.dtype', 'likelihood.min_variance', 'likelihood.init_variance',
-    'likelihood.head_init_stddev', 'likelihood.detach_variance_features',
-    # Weights and schedules of loss terms (structured_heads.py, issue 5).
-    'likelihood.variance_minimiser_start', 'likelihood.variance_minimiser_end',
-    'likelihood.gamma_prior_weight', 'likelihood.gamma_concentration',
-    'likelihood.gamma_rate', 'likelihood.chroma_detail_scale',
-    'likelihood.max_log_diag', 'likelihood.variance_minimiser_switch_step',
-    # Stage switches (the loop may lower them; lin2019 Algorithm 1).
-    'likelihood.switch_step', 'likelihood.switch_on_plateau',
-    'likelihood.plateau_tolerance', 'likelihood.plateau_patience',
-    # Values of the calibrated Gaussian heads (calibrated_heads.py, issue 4).
-    'likelihood.sigma', 'likelihood.min_log_sigma',
-    'likelihood.running_average_decay', 'likelihood.dataset_variance',
-    'likelihood.optimal_sigma_stop_gradient')
 
 _MISSING = object()
 
@@ -80,7 +56,7 @@ def _check_choice(field: str, value: Any, choices: Sequence[str]) -> list[str]:
 
 def _check_names(config) -> list[str]:
   problems = _check_choice('likelihood.name', config.likelihood.name,
-                           sorted(likelihoods.LIKELIHOODS))
+                           sorted(LIKELIHOODS))
   if config.model.get('name'):
     problems += _check_choice('model.name', config.model.name, MODELS)
   problems += _check_choice('data.source', config.data.source, input_pipeline.SOURCES)
@@ -132,8 +108,6 @@ def _check_shapes(config) -> list[str]:
   if not isinstance(latent, int) or latent <= 0:
     problems.append(_problem('model.latent_dim', latent, 'must be a positive integer',
                              'pass e.g. --config.model.latent_dim=32'))
-  if shape is not None and config.likelihood.name in LOW_RANK_LIKELIHOODS:
-    problems += _check_rank(config.likelihood.get('rank'), shape)
   return problems
 
 
@@ -159,18 +133,6 @@ def _check_strides(shape: tuple[int, int, int], channels: tuple[int, ...]) -> li
       fix)]
 
 
-def _check_rank(rank: Any, shape: tuple[int, int, int]) -> list[str]:
-  size = math.prod(shape)
-  if isinstance(rank, int) and 0 < rank < size:
-    return []
-  h, w, c = shape
-  return [_problem(
-      'likelihood.rank', rank,
-      f'the factor P of the low-rank likelihood needs 1 <= rank < S, the event size '
-      f'S = H*W*C = {h}*{w}*{c} = {size} (rank >= S costs more than a dense covariance)',
-      f'pass --config.likelihood.rank between 1 and {size - 1} (the paper uses 25)')]
-
-
 # ----------------------------------------------------------------------------
 # Numbers: rates, counts, variances.
 # ----------------------------------------------------------------------------
@@ -193,6 +155,12 @@ _SIGNED_FIELDS = (
     ('eval_every_steps', True, 'the loop evaluates when step % eval_every_steps == 0'),
     ('checkpoint_every_steps', True,
      'the loop saves when step % checkpoint_every_steps == 0'),
+    ('checkpoints_to_keep', True, 'how many checkpoints orbax keeps; with 0 none '
+     'survives to resume from'),
+    ('max_nonfinite_steps', True, 'consecutive non-finite steps before the run '
+     'stops; with 0 or less the first skipped step would stop it'),
+    ('kl_weight', False, 'the weight (beta) of the KL in the ELBO: a negative '
+     'weight rewards a large KL'),
 )
 
 
@@ -204,6 +172,23 @@ def _check_sign(field: str, value: Any, strict: bool, why: str) -> list[str]:
     return []
   return [_problem(field, value, f'must be {bound} ({why})',
                    f'set --config.{field} to a value {bound}')]
+
+
+def _check_pretraining(config) -> list[str]:
+  """The variance heads must get at least one step after the pretraining."""
+  pretrain, steps = config.get('pretrain_steps'), config.get('num_steps')
+  entry = LIKELIHOODS.get(config.likelihood.name)
+  if (entry is None or not entry.variance_heads or not isinstance(pretrain, int)
+      or not isinstance(steps, int) or steps <= 0 or pretrain < steps):
+    return []
+  return [_problem(
+      'pretrain_steps', pretrain,
+      f'>= config.num_steps={steps}: the variance heads of {config.likelihood.name} '
+      f'({", ".join(entry.variance_heads)}) are frozen for the first pretrain_steps '
+      'steps, so they would never train and the run would end at its initial '
+      'variance',
+      'set --config.pretrain_steps below num_steps ('
+      + (f'e.g. {steps // 5}; ' if steps >= 5 else '') + '0 = no pretraining)')]
 
 
 def _check_numbers(config, num_devices: int) -> list[str]:
@@ -219,14 +204,14 @@ def _check_numbers(config, num_devices: int) -> list[str]:
         f'constraints.{name}.damping', c.get('damping'), False,
         'the penalty c * infeasibility^2: a negative damping rewards violating the '
         'constraint, 0 = no damping')
-  lik = config.likelihood
-  if lik.name in LOW_RANK_LIKELIHOODS:
-    problems += _check_sign('likelihood.fixed_diag', lik.get('fixed_diag'), True,
-                            'D = fixed_diag * I must be positive definite; None = a '
-                            'learned diagonal')
-  if _learned_diagonal(lik):
-    problems += _check_sign('likelihood.min_variance', lik.get('min_variance'), True,
-                            'the floor of the learned variances keeps log(variance) finite')
+  problems += _check_pretraining(config)
+  kl = _enabled_constraints(config).get('kl')
+  target = None if kl is None else kl.get('target')
+  if isinstance(target, (int, float)) and target < 0:
+    problems.append(_problem(
+        'constraints.kl.target', target, 'a KL divergence is never negative, so the '
+        'constraint can never be met and its multiplier grows without bound',
+        'set --config.constraints.kl.target to a value >= 0 (nats, e.g. 25)'))
   batch = config.get('batch_size')
   if isinstance(batch, int) and batch > 0 and batch % num_devices:
     problems.append(_problem(
@@ -240,30 +225,20 @@ def _check_numbers(config, num_devices: int) -> list[str]:
 # ----------------------------------------------------------------------------
 # The entropy ceiling.
 # ----------------------------------------------------------------------------
-def _learned_diagonal(lik) -> bool:
-  return lik.name == 'diagonal_gaussian' or (
-      lik.name in LOW_RANK_LIKELIHOODS and lik.get('fixed_diag') is None)
-
-
 def entropy_floor(config) -> tuple[float, str] | None:
   """The least entropy (nats) p(x|z) can have and the field setting it, or None.
 
-  Sigma = P P^T + D with D >= d I: the entropy 0.5 * log det(2 pi e Sigma) is
-  at least 0.5 * S * (log(2 pi e) + log d), since P P^T only adds to the
-  log-determinant. d is likelihood.fixed_diag, or with a learned diagonal
-  its floor likelihood.min_variance. None for other likelihoods or an
-  invalid shape or variance.
+  The rule belongs to the likelihood's registry entry (e.g. 0.5 * S *
+  (log(2 pi e) + log d) for a variance of at least a diagonal d). None for
+  likelihoods without one, an unknown likelihood, or an invalid shape or
+  variance.
   """
-  lik = config.likelihood
-  shape = _image_shape(config)
-  if lik.name not in DIAGONAL_FLOOR_LIKELIHOODS or shape is None:
+  entry = LIKELIHOODS.get(config.likelihood.name)
+  floor = None if entry is None else entry.min_entropy(config)
+  if floor is None:
     return None
-  field = 'min_variance' if _learned_diagonal(lik) else 'fixed_diag'
-  d = lik.get(field)
-  if not isinstance(d, (int, float)) or d <= 0:
-    return None
-  floor = 0.5 * math.prod(shape) * (math.log(2 * math.pi * math.e) + math.log(d))
-  return floor, f'likelihood.{field}'
+  value, field = floor
+  return value, f'likelihood.{field}'
 
 
 def _check_entropy_target(config) -> list[str]:
@@ -276,12 +251,15 @@ def _check_entropy_target(config) -> list[str]:
   if not isinstance(target, (int, float)) or target >= value:
     return []
   smallest = math.ceil(value * 10) / 10
+  shape = _image_shape(config)
+  d = LIKELIHOODS[config.likelihood.name].fields(config.likelihood, shape[-1]).get(
+      field.split('.')[-1])
   what = 'learned diagonal (at its floor)' if field.endswith('min_variance') else 'fixed diagonal'
   return [_problem(
       'constraints.entropy.target', target,
       f'infeasible: the {what} alone gives p(x|z) an entropy of '
       f'0.5*S*(log(2*pi*e) + log d) = {value:.1f} nats (d = config.{field} = '
-      f'{_get(config, field)!r}, S = {math.prod(_image_shape(config))}) and P P^T only '
+      f'{d!r}, S = {math.prod(shape)}) and P P^T only '
       'adds entropy',
       f'set --config.constraints.entropy.target to at least {smallest}, the smallest '
       'feasible target (the margin above it is the entropy left for P)')]
@@ -352,88 +330,19 @@ _DATA_CHECKS: dict[str, Callable[[Any], list[str]]] = {
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints of another model.
-# ----------------------------------------------------------------------------
-def _normalise(value: Any) -> Any:
-  return tuple(_normalise(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def structure_signature(config: Mapping[str, Any]) -> dict[str, Any]:
-  """{field: value} of what fixes the shapes of parameters and optimizer state.
-
-  `config` is a plain dict as written to workdir/config.json (tuples as
-  lists); compare two configs after the same JSON round trip.
-  """
-  sig = {}
-  for section in ('model', 'likelihood'):
-    for key, value in (config.get(section) or {}).items():
-      if f'{section}.{key}' not in NON_STRUCTURAL_FIELDS:
-        sig[f'{section}.{key}'] = _normalise(value)
-  sig.setdefault('model.name', 'conv')
-  lik = config.get('likelihood') or {}
-  if lik.get('name') in LOW_RANK_LIKELIHOODS:
-    # The value of a fixed D is no parameter; whether a diagonal head exists is.
-    learned = lik.get('fixed_diag') is None
-    sig['likelihood.fixed_diag'] = ('None (learned diagonal head)' if learned
-                                    else 'a number (no diagonal head)')
-  else:  # Read only by low-rank likelihoods.
-    sig.pop('likelihood.rank', None)
-    sig.pop('likelihood.fixed_diag', None)
-  sig['data.image_shape'] = _normalise((config.get('data') or {}).get('image_shape'))
-  constraints = config.get('constraints') or {}
-  sig['constraints (enabled)'] = tuple(sorted(
-      n for n, c in constraints.items() if c.get('enabled', True)))
-  clip = (config.get('optimizer') or {}).get('grad_clip_norm') or 0
-  sig['optimizer.grad_clip_norm'] = 'on (> 0)' if clip else 'off (0)'
-  return sig
-
-
-def _checkpoint_steps(workdir: str) -> list[int]:
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
-
-
-def _check_workdir(config, workdir: str) -> list[str]:
-  steps = _checkpoint_steps(workdir)
-  path = os.path.join(workdir, 'config.json')
-  if not steps or not os.path.isfile(path):
-    return []
-  try:
-    with open(path) as f:
-      old = structure_signature(json.load(f))
-  except (OSError, ValueError, AttributeError) as e:
-    # Unreadable: resuming may still work, and restoring will say if not.
-    logging.warning('Cannot compare with %s (%s); not checking the checkpoints.', path, e)
-    return []
-  new = structure_signature(json.loads(config.to_json_best_effort()))
-  diffs = [f'config.{k} was {old.get(k)!r}, now {new.get(k)!r}'
-           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-  if not diffs:
-    return []
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  return [f'--workdir={workdir!r} holds checkpoints (steps {steps[0]}..{steps[-1]}) of '
-          f'a different model, which cannot be resumed: {"; ".join(diffs)}. Pass a '
-          f'new --workdir, or delete {checkpoints} to start fresh.']
-
-
-# ----------------------------------------------------------------------------
 # Entry point.
 # ----------------------------------------------------------------------------
-def check_config(config: ml_collections.ConfigDict, *, workdir: str | None = None,
+def check_config(config: ml_collections.ConfigDict, *,
                  num_devices: int | None = None) -> None:
   """Raises one ConfigError listing every problem of `config`, if any.
 
   Run at start-up, before anything compiles: names against the registries,
   shapes against the network's strides and the rank, signs of rates and
-  counts, the entropy ceiling against its floor, the data on disk, and the
-  checkpoints already in `workdir`.
+  counts, the entropy ceiling against its floor and the data on disk (the
+  checkpoints already in a workdir: checkpoints.check_workdir).
 
   Args:
     config: the experiment config.
-    workdir: the run's folder, if any checkpoints there should be compared.
     num_devices: devices the batch is split over (default jax.device_count()).
   """
   num_devices = jax.device_count() if num_devices is None else num_devices
@@ -441,13 +350,11 @@ def check_config(config: ml_collections.ConfigDict, *, workdir: str | None = Non
   problems += _check_shapes(config)
   problems += _check_numbers(config, num_devices)
   problems += _check_entropy_target(config)
-  entry = likelihoods.LIKELIHOODS.get(config.likelihood.name)
-  if entry is not None and entry.config_problems is not None:
-    problems += entry.config_problems(config)
+  entry = LIKELIHOODS.get(config.likelihood.name)
+  if entry is not None:
+    problems += entry.problems(config)
   if config.data.source in _DATA_CHECKS:
     problems += _DATA_CHECKS[config.data.source](config.data)
-  if workdir is not None:
-    problems += _check_workdir(config, workdir)
   if problems:
     lines = '\n'.join(f'  - {p}' for p in problems)
     raise ConfigError(f'The config has {len(problems)} problem(s); fix them and run '

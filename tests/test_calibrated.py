@@ -152,7 +152,7 @@ def test_pixel_sigma_log_prob(min_log_sigma):
 
 @pytest.mark.parametrize('axes', sorted(AXES))
 def test_optimal_sigma_log_prob_in_training(axes):
-  head = ch.GaussianOptimalSigma(C, axes=axes)
+  head = ch.GaussianOptimalSigma(C, optimal_sigma_axes=axes)
   f, x = _features(), _target()
   variables = head.init(jax.random.PRNGKey(0), f, x)
   log_prob, mean, _ = _apply(head, variables, f, x, train=True)
@@ -164,7 +164,7 @@ def test_optimal_sigma_log_prob_in_training(axes):
 
 def test_optimal_sigma_per_image_with_a_perfect_reconstruction():
   """Extreme case: zero residual for one image -> sigma at the floor, finite."""
-  head = ch.GaussianOptimalSigma(C, axes='per_image')
+  head = ch.GaussianOptimalSigma(C, optimal_sigma_axes='per_image')
   f, x = _features(), _target()
   variables = head.init(jax.random.PRNGKey(0), f, x)
   _, mean, _ = _apply(head, variables, f, x)
@@ -189,7 +189,7 @@ def test_optimal_sigma_requires_the_target_in_training():
 @pytest.mark.parametrize('axes', ['shared', 'per_image', 'per_pixel', 'per_channel'])
 def test_running_average_is_used_at_evaluation(axes):
   decay = 0.5
-  head = ch.GaussianOptimalSigma(C, axes=axes, running_average_decay=decay,
+  head = ch.GaussianOptimalSigma(C, optimal_sigma_axes=axes, running_average_decay=decay,
                                  init_variance=0.7, min_log_sigma=None)
   f = _features()
   x1, x2, x_eval = _target(1), _target(2), _target(3)
@@ -215,7 +215,9 @@ def test_running_average_is_used_at_evaluation(axes):
 
 def _optimal_sigma_grads(axes, stop, min_log_sigma):
   f, x = _features(), _target()
-  head = ch.GaussianOptimalSigma(C, axes=axes, stop_gradient=stop, min_log_sigma=min_log_sigma)
+  head = ch.GaussianOptimalSigma(C, optimal_sigma_axes=axes,
+                                 optimal_sigma_stop_gradient=stop,
+                                 min_log_sigma=min_log_sigma)
   variables = head.init(jax.random.PRNGKey(0), f, x)
 
   def loss(params):
@@ -315,7 +317,7 @@ def test_two_stage_switch_on_plateau_in_a_smoke_run(tmp_path):
   """The loop lowers switch_step when the eval ELBO stalls (switch by step:
   tests/test_sigma_configs.py, through the train step)."""
   from experiments.configs.lin2019 import fashion_mnist  # pylint: disable=import-outside-toplevel
-  from sosvae_jax import figures  # pylint: disable=import-outside-toplevel
+  from sosvae_jax import checkpoints  # pylint: disable=import-outside-toplevel
   from sosvae_jax import train  # pylint: disable=import-outside-toplevel
   config = fashion_mnist.get_config('smoke')
   config.num_steps = 6
@@ -326,7 +328,7 @@ def test_two_stage_switch_on_plateau_in_a_smoke_run(tmp_path):
   config.likelihood.plateau_tolerance = 1e9  # any change counts as no improvement
   config.likelihood.plateau_patience = 1
   train.train_and_evaluate(config, str(tmp_path))
-  run = figures.restore_run(str(tmp_path))
+  run = checkpoints.restore_run(str(tmp_path))
   # The second evaluation (step 4) is the first with a previous ELBO to
   # compare with; train steps 4 and 5 then run in stage two.
   assert int(_stats_leaf(run.model_state, 'switch_step')) == 4

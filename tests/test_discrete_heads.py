@@ -14,7 +14,7 @@ from scipy import special
 from scipy import stats
 
 from sosvae_jax.distributions import bits_per_dim
-from sosvae_jax import likelihoods
+from sosvae_jax.models import likelihoods
 from sosvae_jax.models import discrete_heads as dh
 
 B, H, W, C, F = 2, 3, 4, 2, 5
@@ -99,7 +99,7 @@ def test_logistic_mixture_head_against_float64(k):
 @pytest.mark.parametrize('df', [None, 2.5])
 def test_student_t_head_against_float64(df):
   f, x, _ = _inputs()
-  head = dh.StudentTHead(C, df=df, init_variance=1e-6)  # log-scale starts below -6
+  head = dh.StudentTHead(C, student_t_df=df, init_variance=1e-6)  # log-scale starts below -6
   log_prob, inter, variables = _run(head, f, x)
   loc, raw = _out(inter, 'loc'), _out(inter, 'scale_head')
   log_scale = -6.0 + np.logaddexp(0, raw + 6.0)
@@ -137,12 +137,13 @@ def test_head_masses_over_256_levels_sum_to_one(head):
 @pytest.mark.parametrize('name', ['bernoulli', 'categorical', 'bitwise_categorical',
                                   'logistic_mixture', 'student_t'])
 def test_head_from_the_registry_learns_a_batch(name):
-  cfg = ml_collections.ConfigDict(dict(name=name, num_mixtures=2))
+  extra = {'num_mixtures': 2} if name == 'logistic_mixture' else {}
+  cfg = ml_collections.ConfigDict(dict(name=name, **extra))
   entry = likelihoods.LIKELIHOODS[name]
   assert entry.discrete == (name in ('categorical', 'bitwise_categorical',
                                      'logistic_mixture'))
-  assert not (entry.config_problems or (lambda c: []))(ml_collections.ConfigDict(
-      dict(likelihood=cfg)))
+  assert not entry.problems(ml_collections.ConfigDict(
+      dict(likelihood=cfg, data=dict(image_shape=(H, W, C)))))
   head = entry.build(cfg, C)
   f, x, _ = _inputs()
   params = head.init(jax.random.PRNGKey(0), f, x)['params']

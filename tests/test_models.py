@@ -1,16 +1,21 @@
-"""Heads, their initialisation, the VAE wiring and the pretraining mask."""
+"""Heads, their initialisation, the VAE wiring, the registry and the pretraining mask."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from experiments.configs import beta_vae
 from experiments.configs import default
-from sosvae_jax import likelihoods
-from sosvae_jax import train
 from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax.models import build_model
+from sosvae_jax.models import get_likelihood
+from sosvae_jax.models import LIKELIHOODS
+from sosvae_jax.models import register_likelihood
+from sosvae_jax.models import variance_parameter_mask
 
 
 def _init(config):
@@ -54,11 +59,11 @@ def test_learned_diagonal_option():
   assert float(dist.cov_diag.min()) >= 1e-5
 
 
-def test_variance_head_mask_selects_only_variance_heads():
+def test_variance_mask_selects_only_variance_heads():
   config = default.get_config('smoke')
   config.likelihood.fixed_diag = None
   _, params, _ = _init(config)
-  mask = train.variance_head_mask(params)
+  mask = variance_parameter_mask(params, 'lowrank_gaussian')
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
   assert all(m == (('factor_head' in k) or ('diag_head' in k)) for k, m in flat.items())
   assert any(flat.values()) and not all(flat.values())
@@ -69,3 +74,40 @@ def test_unknown_likelihood_lists_choices():
   config.likelihood.name = 'lowrank'
   with pytest.raises(ValueError, match="'lowrank'.*diagonal_gaussian.*lowrank_gaussian"):
     build_model(config)
+
+
+def test_unknown_likelihood_field_names_field_likelihood_and_valid_fields():
+  config = default.get_config('smoke')
+  config.likelihood.rnak = 3
+  with pytest.raises(ValueError, match=r"\['rnak'\].*'lowrank_gaussian'.*'fixed_diag'.*'rank'"):
+    build_model(config)
+
+
+def test_rank_is_rejected_by_the_diagonal_gaussian():
+  config = beta_vae.get_config('smoke')
+  config.likelihood.rank = 3
+  with pytest.raises(ValueError, match=r"\['rank'\].*'diagonal_gaussian'"):
+    build_model(config)
+
+
+@pytest.mark.parametrize('name', sorted(LIKELIHOODS))
+@pytest.mark.parametrize('channels', [1, 3])
+def test_every_entry_builds_from_its_section_with_dataclass_defaults(name, channels):
+  entry = LIKELIHOODS[name]
+  required = {'rank': 2} if entry.low_rank else {}
+  head = get_likelihood(ml_collections.ConfigDict(dict(name=name, **required)), channels)
+  assert type(head) is entry.head_class(channels) and head.channels == channels
+  for field in dataclasses.fields(type(head)):
+    if field.name in entry.field_names(channels) and field.name not in required:
+      assert getattr(head, field.name) == field.default, field.name
+  # The variance heads it names are submodules of its parameters.
+  features = jnp.zeros((1, 4, 4, 3))
+  params = jax.eval_shape(head.init, jax.random.PRNGKey(0), features,
+                          jnp.zeros((1, 4, 4, channels)))['params']
+  flags = jax.tree.leaves(variance_parameter_mask(params, name))
+  assert any(flags) == bool(entry.variance_heads)
+
+
+def test_a_name_is_registered_once():
+  with pytest.raises(ValueError, match="'lowrank_gaussian' is registered already"):
+    register_likelihood('lowrank_gaussian', LIKELIHOODS['lowrank_gaussian'])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import jax
@@ -22,9 +21,9 @@ from experiments.configs.table1 import fmnist_sos_vae
 from experiments.configs.table1 import fmnist_structured
 from sosvae_jax import config_checks
 from sosvae_jax import input_pipeline
-from sosvae_jax import likelihoods
+from sosvae_jax.models import likelihoods
 from sosvae_jax import train
-from sosvae_jax.distributions import structured
+from sosvae_jax.distributions import structured_ycbcr
 from sosvae_jax.models import build_model
 from sosvae_jax.models import structured_heads
 import train_fixtures
@@ -68,7 +67,7 @@ def _dense_lower(log_diag, off_diag, k, d):
 
 def test_registry_entry_and_heads():
   entry = likelihoods.LIKELIHOODS['structured_gaussian']
-  assert not entry.discrete and entry.config_problems is not None
+  assert not entry.discrete and not entry.low_rank and entry.checks
   cfg = ml_collections.ConfigDict({'name': 'structured_gaussian'})
   assert isinstance(entry.build(cfg, 1),
                     structured_heads.StructuredGaussianLikelihood)
@@ -93,7 +92,7 @@ def test_gamma_prior_penalty_matches_scipy(k, d, a, b):
   """The sown term is -weight * batch mean of sum_p log Gamma(Lambda_pp)."""
   weight, h, w = 0.3, 6, 6
   head = structured_heads.StructuredGaussianLikelihood(
-      kernel_size=k, dilation=d, gamma_weight=weight, gamma_concentration=a,
+      kernel_size=k, dilation=d, gamma_prior_weight=weight, gamma_concentration=a,
       gamma_rate=b, head_init_stddev=0.5)
   rng = np.random.default_rng(0)
   feats = jnp.asarray(rng.normal(size=(3, h, w, 4)), jnp.float32)
@@ -183,7 +182,7 @@ def test_colour_head_through_the_loss_and_a_dense_rgb_reference():
   assert np.isfinite(float(loss)) and bool(train.all_finite(grads))
   assert float(metrics['penalty_variance_minimiser']) > 0
   assert np.isfinite(float(metrics['penalty_gamma_prior']))
-  assert isinstance(dist, structured.StructuredYCbCrNormal)
+  assert isinstance(dist, structured_ycbcr.StructuredYCbCrNormal)
   assert dist.event_shape == (8, 8, 3) and dist.factor == 2
   got = np.asarray(dist.log_prob(images))
   np.testing.assert_allclose(got, _dense_rgb_log_prob(dist, images), rtol=2e-5)
@@ -198,7 +197,7 @@ def test_colour_head_through_the_loss_and_a_dense_rgb_reference():
 
 def test_two_phases_basis_dilation_and_gamma_prior_in_training():
   """Mean first, then covariance: config.pretrain_steps freezes the heads
-  named in VARIANCE_HEADS (precision_diag_head, precision_offdiag_head with
+  its registry entry names (precision_diag_head, precision_offdiag_head with
   its basis); every step stays finite with the Gamma prior on."""
   config = _structured_config(num_basis=2, dilation=2, kernel_size=5,
                               gamma_prior_weight=1e-3)
@@ -266,7 +265,7 @@ def test_config_problems_are_reported():
     assert f'config.{field}' in msg, msg
   config = _structured_config(kernel_size=5, dilation=14)
   assert any('beyond the 28x28 image' in p for p in
-             structured_heads.config_problems(config))
+             likelihoods.LIKELIHOODS['structured_gaussian'].problems(config))
 
 
 # --------------------------------------------------------------- end to end ---

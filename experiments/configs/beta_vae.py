@@ -17,9 +17,10 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, smoke=False)
   config = common.base_config()
-  config.likelihood.name = 'diagonal_gaussian'
+  config.likelihood = common.diagonal_gaussian_likelihood()
   config.constraints.entropy.enabled = False
-  if arg == 'smoke':
+  if arg.smoke:
     config = common.apply_smoke(config)
   return config

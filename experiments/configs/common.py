@@ -1,8 +1,78 @@
-"""Shared config pieces: data sources and the ':smoke' shrinking."""
+"""Shared config pieces: data sources, the config argument and ':smoke' shrinking."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
+
+from sosvae_jax.evaluation import settings as eval_settings
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """The config argument of `file.py:smoke,rank=8`, checked against `spec`.
+
+  Every keyword of `spec` names one field and gives its default; a value
+  `name=value` is converted to the default's type. A bare `name` sets a bool
+  field to True; a field whose default is a tuple of strings is a choice
+  (default: the first) that a bare choice also selects (`:svhn`). Anything
+  else is an error that lists the valid names, so that a typo such as
+  `:smok` stops the run instead of training the full experiment.
+
+  Args:
+    arg: the text after ':' (None or '' for none).
+    **spec: field name -> default (bool, int, float, str or tuple of str).
+
+  Returns:
+    A locked ConfigDict with one field per keyword of `spec`.
+  """
+  choices = {k: v for k, v in spec.items() if isinstance(v, tuple)}
+  parsed = {k: (v[0] if k in choices else v) for k, v in spec.items()}
+  for token in filter(None, (t.strip() for t in (arg or '').split(','))):
+    name, has_value, text = (t.strip() for t in token.partition('='))
+    chosen = [k for k, options in choices.items() if token in options]
+    if not has_value and chosen:
+      parsed[chosen[0]] = token
+    elif name not in spec:
+      raise ValueError(f'Config argument {token!r} is unknown; valid: '
+                       f'{_valid_arguments(spec)}.')
+    elif not has_value:
+      if not isinstance(spec[name], bool):
+        raise ValueError(f'Config argument {name!r} needs a value: {name}=...')
+      parsed[name] = True
+    else:
+      parsed[name] = _convert(name, text, spec[name])
+  config = ml_collections.ConfigDict(parsed)
+  config.lock()
+  return config
+
+
+def _valid_arguments(spec: dict[str, Any]) -> str:
+  """'smoke, rank=<int>, dataset=fashion_mnist|svhn' for error messages."""
+  def describe(name, default):
+    if isinstance(default, bool):
+      return name
+    if isinstance(default, tuple):
+      return f'{name}={"|".join(default)}'
+    return f'{name}=<{type(default).__name__}>'
+  return ', '.join(describe(k, v) for k, v in spec.items())
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+  """`text` as the type of `default`; ValueError naming the argument."""
+  if isinstance(default, tuple):
+    if text not in default:
+      raise ValueError(f'Config argument {name}={text!r}: choose one of {default}.')
+    return text
+  if isinstance(default, bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'Config argument {name}={text!r}: expected true or false.')
+    return text.lower() in ('true', '1')
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ValueError(f'Config argument {name}={text!r}: expected '
+                     f'{type(default).__name__}.') from None
 
 
 def fashion_mnist_data() -> ml_collections.ConfigDict:
@@ -61,7 +131,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.sampler = 'prior'
   config.gmm_components = 10
   config.gmm_covariance = 'full'
+  # --mode=evaluate settings (sosvae_jax/evaluation/settings.py), e.g.
+  # --config.evaluation.iwae_k=50.
+  config.evaluation = eval_settings.default_config()
   return config
+
+
+def diagonal_gaussian_likelihood() -> ml_collections.ConfigDict:
+  """The beta-VAE's pixel-wise Gaussian: the base likelihood without P and fixed D."""
+  fields = base_config().likelihood.to_dict()
+  del fields['rank'], fields['fixed_diag']
+  return ml_collections.ConfigDict(dict(fields, name='diagonal_gaussian'))
 
 
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -72,7 +152,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.likelihood.rank = min(config.likelihood.rank, 3)
   config.batch_size = 8
   config.num_steps = 6
-  config.pretrain_steps = 2
+  config.pretrain_steps = min(config.pretrain_steps, 2)
   config.log_every_steps = 2
   config.eval_every_steps = 3
   config.checkpoint_every_steps = 3

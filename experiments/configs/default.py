@@ -46,7 +46,8 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, smoke=False)
   config = common.base_config()
-  if arg == 'smoke':
+  if arg.smoke:
     config = common.apply_smoke(config)
   return config

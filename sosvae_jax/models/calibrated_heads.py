@@ -18,9 +18,9 @@ lin2019_balancing_elbo_learned_variance.txt sections 3.3-3.4, Algorithm 1):
   until `switch_step`, then an input-dependent variance floored by half the
   stage-one ("dataset") variance.
 
-Running statistics live in the flax collection 'likelihood_stats' and change
-only when `train` is True and that collection is mutable (see
-sosvae_jax/likelihoods.py).
+Running statistics live in the flax collection STATS_COLLECTION
+('likelihood_stats') and change only when `train` is True and that
+collection is mutable (see sosvae_jax/models/likelihoods.py).
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ from sosvae_jax.distributions.gaussian import debiased_average
 from sosvae_jax.distributions.gaussian import diagonal_normal
 from sosvae_jax.distributions.gaussian import OPTIMAL_VARIANCE_AXES
 from sosvae_jax.distributions.gaussian import optimal_variance
+from sosvae_jax.models.heads import STATS_COLLECTION
+from sosvae_jax.models.heads import SWITCH_STEP
 from sosvae_jax.models.heads import variance_features
 
 Array = jax.Array
 
-STATS = 'likelihood_stats'
 DEFAULT_MIN_LOG_SIGMA = -6.0  # lambda_min of sigma-VAE section 3.1
 
 
@@ -77,7 +78,7 @@ def _require_target(name: str, target: Array | None, train: bool) -> None:
 
 
 class RunningAverage(nn.Module):
-  """A bias-corrected exponential moving average in 'likelihood_stats'.
+  """A bias-corrected exponential moving average in STATS_COLLECTION.
 
   `__call__(value, update)` returns the average including `value` when
   `update` (a bool array) is True, else the stored one; `fallback` is returned
@@ -90,9 +91,9 @@ class RunningAverage(nn.Module):
 
   @nn.compact
   def __call__(self, value: Array | None, update: Array | bool) -> Array:
-    total = self.variable(STATS, 'total', jnp.zeros, self.shape, jnp.float32)
-    count = self.variable(STATS, 'count', lambda: jnp.zeros((), jnp.int32))
-    if value is not None and self.is_mutable_collection(STATS):
+    total = self.variable(STATS_COLLECTION, 'total', jnp.zeros, self.shape, jnp.float32)
+    count = self.variable(STATS_COLLECTION, 'count', lambda: jnp.zeros((), jnp.int32))
+    if value is not None and self.is_mutable_collection(STATS_COLLECTION):
       value = jax.lax.stop_gradient(value.astype(jnp.float32))
       new_total = self.decay * total.value + (1.0 - self.decay) * value
       total.value = jnp.where(update, new_total, total.value)
@@ -192,12 +193,12 @@ class GaussianOptimalSigma(nn.Module):
 
   rybkin2021_sigma_vae_calibrated_decoders.txt section 4 and appendix C:
   inside the train step sigma^2 is the mean squared residual of the batch
-  over `axes` ('shared': one value; 'per_image': one per image; 'per_pixel':
+  over `optimal_sigma_axes` ('shared': one value; 'per_image': one per image; 'per_pixel':
   one per subpixel over the batch; 'per_channel': one per channel). The mean
   is taken over the global batch (under jit the arrays are globally
   sharded). The log sigma that results is soft-clipped at `min_log_sigma`.
 
-  `stop_gradient` treats sigma^2 as a constant in the gradient. Without the
+  `optimal_sigma_stop_gradient` treats sigma^2 as a constant in the gradient. Without the
   clip this changes no gradient, whatever the axes: each sigma^2 maximises
   its own block of the batch-mean loss, so the derivative of the loss
   through it vanishes (envelope theorem); it differs only where the soft
@@ -214,8 +215,8 @@ class GaussianOptimalSigma(nn.Module):
   """
 
   channels: int
-  axes: str = 'shared'
-  stop_gradient: bool = True
+  optimal_sigma_axes: str = 'shared'
+  optimal_sigma_stop_gradient: bool = True
   running_average_decay: float = 0.99
   init_variance: float = 1.0
   min_log_sigma: float | None = DEFAULT_MIN_LOG_SIGMA
@@ -225,22 +226,23 @@ class GaussianOptimalSigma(nn.Module):
   def __call__(self, features: Array, target: Array | None = None, *,
                train: bool = False, step: Array | None = None) -> distrax.Distribution:
     del step
-    if self.axes not in OPTIMAL_VARIANCE_AXES:
-      raise ValueError(f'GaussianOptimalSigma: axes={self.axes!r} is not one of '
+    axes = self.optimal_sigma_axes
+    if axes not in OPTIMAL_VARIANCE_AXES:
+      raise ValueError(f'GaussianOptimalSigma: axes={axes!r} is not one of '
                        f'{tuple(OPTIMAL_VARIANCE_AXES)}.')
     _require_target('GaussianOptimalSigma', target, train)
     mean = head_conv(features, self.channels, 'mean_head', self.head_init_stddev, 0.5)
     image_shape = tuple(features.shape[1:3]) + (self.channels,)
-    running = RunningAverage(_running_shape(self.axes, image_shape),
+    running = RunningAverage(_running_shape(axes, image_shape),
                              self.running_average_decay, self.init_variance,
                              name='running_variance')
     if train:
-      variance = optimal_variance(target.astype(jnp.float32) - mean, self.axes)
-      if self.stop_gradient:
+      variance = optimal_variance(target.astype(jnp.float32) - mean, axes)
+      if self.optimal_sigma_stop_gradient:
         variance = jax.lax.stop_gradient(variance)
       # Per-image variances are summarised by their batch mean (see above).
       summary = (jnp.mean(variance, axis=0, keepdims=True)
-                 if self.axes == 'per_image' else variance)
+                 if axes == 'per_image' else variance)
       running(summary, True)
     else:
       variance = running(None, False)
@@ -259,7 +261,7 @@ class GaussianTwoStage(nn.Module):
   switch (the running average stops updating from the switch on) or, when
   `dataset_variance` is a number, that number.
 
-  `switch_step` is the int32 variable 'switch_step' in 'likelihood_stats',
+  `switch_step` is the int32 variable SWITCH_STEP in STATS_COLLECTION,
   initialised from the config; the train loop lowers it to the current step
   when the evaluation ELBO stops improving (config.likelihood
   .switch_on_plateau). The stage is decided inside jit as step >=
@@ -268,7 +270,7 @@ class GaussianTwoStage(nn.Module):
   """
 
   channels: int
-  switch_step: int
+  switch_step: int = 1000
   dataset_variance: float | None = None
   running_average_decay: float = 0.99
   init_variance: float = 1.0
@@ -283,9 +285,9 @@ class GaussianTwoStage(nn.Module):
       raise ValueError('GaussianTwoStage: the train step must pass `step` to choose '
                        'the stage.')
     mean = head_conv(features, self.channels, 'mean_head', self.head_init_stddev, 0.5)
-    switch = self.variable(STATS, 'switch_step',
+    switch = self.variable(STATS_COLLECTION, SWITCH_STEP,
                            lambda: jnp.asarray(self.switch_step, jnp.int32))
-    stage_flag = self.variable(STATS, 'in_stage_two', lambda: jnp.zeros((), jnp.int32))
+    stage_flag = self.variable(STATS_COLLECTION, 'in_stage_two', lambda: jnp.zeros((), jnp.int32))
     running = RunningAverage((1, 1, 1, 1), self.running_average_decay,
                              self.init_variance, name='global_variance')
     if train:
@@ -293,7 +295,7 @@ class GaussianTwoStage(nn.Module):
       global_variance = jax.lax.stop_gradient(
           optimal_variance(target.astype(jnp.float32) - mean, 'shared'))
       frozen = running(global_variance, jnp.logical_not(stage_two))
-      if self.is_mutable_collection(STATS):
+      if self.is_mutable_collection(STATS_COLLECTION):
         stage_flag.value = stage_two.astype(jnp.int32)
     else:
       stage_two = stage_flag.value > 0

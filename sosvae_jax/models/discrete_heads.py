@@ -27,7 +27,7 @@ from sosvae_jax.distributions.discrete import MIN_LOG_SCALE
 from sosvae_jax.distributions.discrete import NUM_BITS
 from sosvae_jax.distributions.discrete import NUM_LEVELS
 from sosvae_jax.distributions.discrete import StudentTImage
-from sosvae_jax.distributions.gaussian import softclip
+from sosvae_jax.distributions.numerics import softclip
 from sosvae_jax.models.calibrated_heads import DEFAULT_MIN_LOG_SIGMA
 from sosvae_jax.models.calibrated_heads import head_conv
 
@@ -127,13 +127,13 @@ class StudentTHead(nn.Module):
 
   Location and log-scale come from conv heads (`loc`, `scale_head`); the
   log-scale is soft-clipped below at `min_log_sigma` like the Gaussian's
-  log sigma. The degrees of freedom are `df` when given, otherwise one
+  log sigma. The degrees of freedom are `student_t_df` when given, otherwise one
   learned scalar df = 1 + softplus(raw) (> 1, so that the mean exists for
   the MSE metric and the pictures), starting at `init_df`.
   """
 
   channels: int
-  df: float | None = None
+  student_t_df: float | None = None
   init_df: float = 3.0
   init_variance: float = 1.0
   min_log_sigma: float | None = DEFAULT_MIN_LOG_SIGMA
@@ -148,10 +148,10 @@ class StudentTHead(nn.Module):
                           0.5 * math.log(self.init_variance))
     if self.min_log_sigma is not None:
       log_scale = softclip(log_scale, self.min_log_sigma)
-    if self.df is None:
+    if self.student_t_df is None:
       raw = self.param('raw_df', nn.initializers.constant(
           math.log(math.expm1(self.init_df - 1.0))), ())
       df = 1.0 + jax.nn.softplus(raw)
     else:
-      df = jnp.asarray(self.df, jnp.float32)
+      df = jnp.asarray(self.student_t_df, jnp.float32)
     return StudentTImage(loc, log_scale, df)

@@ -1,26 +1,34 @@
-"""Likelihood heads: decoder features -> parameters of p(x|z).
+"""Gaussian likelihood heads: decoder features -> parameters of p(x|z).
 
 Head module names are part of the checkpoint layout and of the mean-head
-pretraining mask: `mean_head`, `diag_head` and `factor_head` (the variance
-heads) are frozen for the first steps (sosvae_tmlr2022.txt section 3.3).
+pretraining mask: the variance heads named by each likelihood's registry
+entry (here `diag_head` and `factor_head`) are frozen for the first steps
+(sosvae_tmlr2022.txt section 3.3).
 """
 
 from __future__ import annotations
 
 import math
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sosvae_jax.distributions import diagonal_normal
+from sosvae_jax.distributions import LowRankMultivariateNormal
+
 Array = jax.Array
 
-# Names of the parameter subtrees that hold variance heads.
-VARIANCE_HEADS = ('diag_head', 'factor_head',
-                  # calibrated_heads.py / discrete_heads.py (issue 4)
-                  'sigma_head', 'variance_head', 'scale_head',
-                  # structured_heads.py (issue 5)
-                  'precision_diag_head', 'precision_offdiag_head')
+# Flax collection of a head's running statistics: updated only when `train`
+# is True, kept in the train state, checkpointed and used when decoding.
+STATS_COLLECTION = 'likelihood_stats'
+# Flax collection of extra loss terms a head sows (already weighted and
+# averaged over the batch); the loop adds them to the loss.
+PENALTY_COLLECTION = 'penalties'
+# Name of the int32 statistic holding a head's switch step; the loop lowers
+# every such statistic when the evaluation ELBO stops improving.
+SWITCH_STEP = 'switch_step'
 
 
 def variance_features(features: Array, detach: bool) -> Array:
@@ -91,3 +99,58 @@ class FactorHead(nn.Module):
     b, h, w, _ = out.shape
     # (B, H, W, C*R) -> (B, H*W*C, R): pixel-major, channel, then rank.
     return out.astype(jnp.float32).reshape((b, h * w * self.channels, self.rank))
+
+
+class DiagonalGaussianLikelihood(nn.Module):
+  """Pixel-wise independent N(mu, diag(sigma^2)), per-pixel learned variance.
+
+  The beta-VAE baseline of sosvae_tmlr2022.txt section 4.1.
+  """
+
+  channels: int
+  min_variance: float = 1e-5
+  init_variance: float = 0.05
+  head_init_stddev: float = 1e-5
+  detach_variance_features: bool = False
+
+  @nn.compact
+  def __call__(self, features: Array, target: Array | None = None, *,
+               train: bool = False, step: Array | None = None) -> distrax.Distribution:
+    del target, train, step  # Parameters depend on the features alone.
+    mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
+    var_features = variance_features(features, self.detach_variance_features)
+    variance = DiagonalHead(self.channels, self.min_variance, self.init_variance,
+                            self.head_init_stddev, name='diag')(var_features)
+    return diagonal_normal(mean, variance)
+
+
+class LowRankGaussianLikelihood(nn.Module):
+  """SOS-VAE: N(mu, P P^T + D) over the whole image.
+
+  sosvae_tmlr2022.txt section 3: three heads (mean, factor P of rank R,
+  diagonal D); D fixed to `fixed_diag` I (the paper uses 1e-5) unless
+  `fixed_diag` is None, then predicted per pixel with floor `min_variance`.
+  """
+
+  channels: int
+  rank: int
+  fixed_diag: float | None = 1e-5
+  min_variance: float = 1e-5
+  init_variance: float = 0.05
+  head_init_stddev: float = 1e-5
+  detach_variance_features: bool = False
+
+  @nn.compact
+  def __call__(self, features: Array, target: Array | None = None, *,
+               train: bool = False, step: Array | None = None) -> distrax.Distribution:
+    del target, train, step  # Parameters depend on the features alone.
+    mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
+    var_features = variance_features(features, self.detach_variance_features)
+    factor = FactorHead(self.channels, self.rank, self.head_init_stddev,
+                        name='factor')(var_features)
+    if self.fixed_diag is None:
+      diag = DiagonalHead(self.channels, self.min_variance, self.init_variance,
+                          self.head_init_stddev, name='diag')(var_features)
+    else:
+      diag = jnp.full(mean.shape, self.fixed_diag, mean.dtype)
+    return LowRankMultivariateNormal(mean, factor, diag)

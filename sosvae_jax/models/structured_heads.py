@@ -6,13 +6,13 @@ precision (section 4, Fig. 2); colour images are modelled in YCbCr with a
 structured Y and diagonal low-resolution Cb, Cr (section 4.1). Training
 adds the variance minimiser of eq. 14 on a step schedule and, optionally,
 the Gamma prior of eq. 13 on the precision diagonal (section 4.2); both are
-sown into the 'penalties' collection, already weighted and batch-averaged.
+sown into PENALTY_COLLECTION, already weighted and batch-averaged.
 
 Parameter subtrees named `precision_diag_head` and `precision_offdiag_head`
-(the latter holds the optional learnable basis too) are variance heads
-(`heads.VARIANCE_HEADS`): `config.pretrain_steps` freezes them, which is the
-reference code's two-phase option (mean first, then covariance), and
-`config.optimizer.variance_lr_scale` slows them.
+(the latter holds the optional learnable basis too) are variance heads (the
+registry entry 'structured_gaussian' names them): `config.pretrain_steps`
+freezes them, which is the reference code's two-phase option (mean first,
+then covariance), and `config.optimizer.variance_lr_scale` slows them.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sosvae_jax.distributions import colour
 from sosvae_jax.distributions import softclip
 from sosvae_jax.distributions import structured
+from sosvae_jax.distributions import structured_ycbcr
 from sosvae_jax.models.heads import DiagonalHead
 from sosvae_jax.models.heads import MeanHead
+from sosvae_jax.models.heads import PENALTY_COLLECTION
 from sosvae_jax.models.heads import small_normal_init
+from sosvae_jax.models.heads import STATS_COLLECTION
+from sosvae_jax.models.heads import SWITCH_STEP
 from sosvae_jax.models.heads import variance_features
 
 Array = jax.Array
-
-
-# --------------------------------------------------------------- penalties ---
 
 
 def variance_minimiser_weight(step: Array | None, switch_step: Array,
@@ -65,9 +67,6 @@ def gamma_log_density(value: Array, concentration: float,
 def _batch_sum_mean(x: Array) -> Array:
   """Sum over every axis but the first, then mean over the batch."""
   return jnp.mean(jnp.sum(x.reshape((x.shape[0], -1)), axis=-1))
-
-
-# ------------------------------------------------------------------ heads ---
 
 
 class PrecisionOffDiagHead(nn.Module):
@@ -127,13 +126,16 @@ class StructuredPrecisionHead(nn.Module):
 
 
 class _PenaltiesMixin:
-  """The eq. 13 / eq. 14 penalties and the alpha schedule's switch step."""
+  """The eq. 13 / eq. 14 penalties and the alpha schedule's switch step.
+
+  alpha is variance_minimiser_start before variance_minimiser_switch_step,
+  variance_minimiser_end from then on.
+  """
 
   def _switch_step(self) -> Array:
-    # 'likelihood_stats' so that the loop may lower it on a plateau.
-    return self.variable('likelihood_stats', 'switch_step',
-                         lambda: jnp.asarray(self.alpha_switch_step,
-                                             jnp.int32)).value
+    # A statistic, so that the loop may lower it on a plateau.
+    return self.variable(STATS_COLLECTION, SWITCH_STEP, lambda: jnp.asarray(
+        self.variance_minimiser_switch_step, jnp.int32)).value
 
   def _sow_penalties(self, squared_residual: Array, precision_diag: Array,
                      train: bool, step: Array | None) -> None:
@@ -141,16 +143,18 @@ class _PenaltiesMixin:
     switch_step = self._switch_step()
     if not train:
       return
-    alpha = variance_minimiser_weight(step, switch_step, self.alpha_start,
-                                      self.alpha_end)
-    if squared_residual is not None and (self.alpha_start or self.alpha_end):
-      self.sow('penalties', 'variance_minimiser',
+    alpha = variance_minimiser_weight(step, switch_step,
+                                      self.variance_minimiser_start,
+                                      self.variance_minimiser_end)
+    if squared_residual is not None and (self.variance_minimiser_start
+                                         or self.variance_minimiser_end):
+      self.sow(PENALTY_COLLECTION, 'variance_minimiser',
                alpha * _batch_sum_mean(squared_residual))
-    if self.gamma_weight:
+    if self.gamma_prior_weight:
       log_prior = gamma_log_density(precision_diag, self.gamma_concentration,
                                     self.gamma_rate)
-      self.sow('penalties', 'gamma_prior',
-               -self.gamma_weight * _batch_sum_mean(log_prior))
+      self.sow(PENALTY_COLLECTION, 'gamma_prior',
+               -self.gamma_prior_weight * _batch_sum_mean(log_prior))
 
 
 class StructuredGaussianLikelihood(_PenaltiesMixin, nn.Module):
@@ -158,7 +162,7 @@ class StructuredGaussianLikelihood(_PenaltiesMixin, nn.Module):
 
   dorta2018_vae_structured_residuals.txt sections 4 and 4.2-4.3. The
   variance minimiser alpha(step) * |x - mu|^2 (eq. 14) and the optional
-  Gamma(a, b) prior on diag(L L^T) (eq. 13, weight gamma_weight, 0 = off)
+  Gamma(a, b) prior on diag(L L^T) (eq. 13, weight gamma_prior_weight, 0 = off)
   are sown as penalties 'variance_minimiser' and 'gamma_prior' while
   training with a known target.
   """
@@ -171,10 +175,10 @@ class StructuredGaussianLikelihood(_PenaltiesMixin, nn.Module):
   max_log_diag: float = 6.0
   head_init_stddev: float = 1e-5
   detach_variance_features: bool = False
-  alpha_start: float = 5e3
-  alpha_end: float = 10.0
-  alpha_switch_step: int = 0
-  gamma_weight: float = 0.0
+  variance_minimiser_start: float = 5e3
+  variance_minimiser_end: float = 10.0
+  variance_minimiser_switch_step: int = 0
+  gamma_prior_weight: float = 0.0
   gamma_concentration: float = 1.0
   gamma_rate: float = 1.0
 
@@ -214,7 +218,7 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
 
   dorta2018_vae_structured_residuals.txt section 4.1, eqs. 8-12 (f = 4 maps
   64 -> 16 as in section 5). The chroma heads read the trunk features
-  average-pooled by f. The distribution is `structured.StructuredYCbCrNormal`:
+  average-pooled by f. The distribution is `structured_ycbcr.StructuredYCbCrNormal`:
   a density of the RGB image including the colour Jacobian, whose mean and
   samples are RGB. The variance minimiser acts on the modelled targets (Y
   and pooled Cb, Cr residuals); the Gamma prior on diag(L L^T) of Y.
@@ -231,10 +235,10 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
   max_log_diag: float = 6.0
   head_init_stddev: float = 1e-5
   detach_variance_features: bool = False
-  alpha_start: float = 5e3
-  alpha_end: float = 10.0
-  alpha_switch_step: int = 0
-  gamma_weight: float = 0.0
+  variance_minimiser_start: float = 5e3
+  variance_minimiser_end: float = 10.0
+  variance_minimiser_switch_step: int = 0
+  gamma_prior_weight: float = 0.0
   gamma_concentration: float = 1.0
   gamma_rate: float = 1.0
 
@@ -255,7 +259,7 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
         self.kernel_size, self.num_basis, self.init_variance,
         self.max_log_diag, self.head_init_stddev, name='precision')(
             var_features)
-    pooled = structured.avg_pool(features, f)  # (B, H/f, W/f, F)
+    pooled = colour.avg_pool(features, f)  # (B, H/f, W/f, F)
     chroma_loc = MeanHead(2, self.head_init_stddev, name='chroma_mean')(
         pooled).reshape((b, h // f, w // f, 2))
     pooled_var = variance_features(pooled, self.detach_variance_features)
@@ -267,7 +271,7 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
         dilation=self.dilation)
     residual = None
     if target is not None:
-      y, chroma = structured.ycbcr_targets(target, f)
+      y, chroma = colour.ycbcr_targets(target, f)
       residual = jnp.concatenate(
           [jnp.square(y - luma_mean).reshape((b, -1)),
            jnp.square(chroma - chroma_loc).reshape((b, -1))], axis=-1)
@@ -275,110 +279,6 @@ class StructuredYCbCrLikelihood(_PenaltiesMixin, nn.Module):
         residual, structured.precision_diagonal(
             log_diag, off_diag, kernel_size=self.kernel_size,
             dilation=self.dilation), train, step)
-    return structured.StructuredYCbCrNormal(
+    return structured_ycbcr.StructuredYCbCrNormal(
         luma, chroma_loc, 0.5 * jnp.log(chroma_var), factor=f,
         detail_scale=self.chroma_detail_scale)
-
-
-# ---------------------------------------------------------------- registry ---
-
-
-def build(cfg, channels: int) -> nn.Module:
-  """The head for config.likelihood (name 'structured_gaussian').
-
-  C = 1: `StructuredGaussianLikelihood`; C = 3: `StructuredYCbCrLikelihood`.
-  Every field is read with a default, so `likelihood.name` alone suffices.
-  """
-  common = dict(
-      channels=channels, kernel_size=cfg.get('kernel_size', 3),
-      dilation=cfg.get('dilation', 1), num_basis=cfg.get('num_basis', 0),
-      init_variance=cfg.get('init_variance', 0.05),
-      max_log_diag=cfg.get('max_log_diag', 6.0),
-      head_init_stddev=cfg.get('head_init_stddev', 1e-5),
-      detach_variance_features=cfg.get('detach_variance_features', False),
-      alpha_start=cfg.get('variance_minimiser_start', 5e3),
-      alpha_end=cfg.get('variance_minimiser_end', 10.0),
-      alpha_switch_step=cfg.get('variance_minimiser_switch_step', 0),
-      gamma_weight=cfg.get('gamma_prior_weight', 0.0),
-      gamma_concentration=cfg.get('gamma_concentration', 1.0),
-      gamma_rate=cfg.get('gamma_rate', 1.0))
-  if channels == 3:
-    return StructuredYCbCrLikelihood(
-        chroma_factor=cfg.get('chroma_factor', 4),
-        chroma_detail_scale=cfg.get('chroma_detail_scale', 0.01),
-        min_variance=cfg.get('min_variance', 1e-5), **common)
-  return StructuredGaussianLikelihood(**common)
-
-
-def _problem(field: str, value, why: str, fix: str) -> str:
-  return f'config.likelihood.{field}={value!r}: {why}; {fix}.'
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def config_problems(config) -> list[str]:
-  """Problems of a 'structured_gaussian' config, in config_checks' format."""
-  cfg, problems = config.likelihood, []
-  k, d = cfg.get('kernel_size', 3), cfg.get('dilation', 1)
-  if not _is_int(k) or k < 3 or k % 2 == 0:
-    problems.append(_problem(
-        'kernel_size', k, 'the n_f x n_f neighbourhood must be an odd int >= 3 '
-        '(1 would be a diagonal Gaussian, even sizes have no centre pixel)',
-        'pass e.g. --config.likelihood.kernel_size=3 or 5'))
-  if not _is_int(d) or d < 1:
-    problems.append(_problem('dilation', d, 'the spacing of the neighbourhood '
-                             '(section 4.3) must be an int >= 1',
-                             'pass --config.likelihood.dilation=1 (dense) or 2'))
-  nb = cfg.get('num_basis', 0)
-  if not _is_int(nb) or nb < 0:
-    problems.append(_problem('num_basis', nb, 'the number of learnable basis '
-                             'kernels must be an int >= 0 (0 = no basis)',
-                             'pass --config.likelihood.num_basis=0 or e.g. 4'))
-  shape = tuple(config.data.get('image_shape', ()) or ())
-  if (len(shape) == 3 and _is_int(k) and _is_int(d) and k >= 3 and d >= 1
-      and d * (k // 2) >= min(shape[:2])):
-    problems.append(_problem(
-        'dilation', d, f'with kernel_size={k} the neighbourhood reaches '
-        f'{d * (k // 2)} pixels, beyond the {shape[0]}x{shape[1]} image',
-        'lower kernel_size or dilation'))
-  if len(shape) == 3 and shape[-1] == 3:
-    f = cfg.get('chroma_factor', 4)
-    if not _is_int(f) or f < 1 or shape[0] % f or shape[1] % f:
-      problems.append(_problem(
-          'chroma_factor', f, f'Cb and Cr are modelled at (H/f, W/f), so f '
-          f'must be a positive int dividing H={shape[0]} and W={shape[1]}',
-          'pass e.g. --config.likelihood.chroma_factor=4 for 64x64 images'))
-    tau = cfg.get('chroma_detail_scale', 0.01)
-    if not isinstance(tau, (int, float)) or tau <= 0:
-      problems.append(_problem('chroma_detail_scale', tau, 'the scale of the '
-                               'within-block chroma detail must be > 0',
-                               'pass e.g. 0.01'))
-  for field, default in (('variance_minimiser_start', 5e3),
-                         ('variance_minimiser_end', 10.0),
-                         ('gamma_prior_weight', 0.0)):
-    v = cfg.get(field, default)
-    if not isinstance(v, (int, float)) or v < 0:
-      problems.append(_problem(field, v, 'a penalty weight must be >= 0 '
-                               '(a negative weight rewards the penalised term)',
-                               f'pass --config.likelihood.{field}=0 to switch '
-                               'it off'))
-  s = cfg.get('variance_minimiser_switch_step', 0)
-  if not _is_int(s) or s < 0:
-    problems.append(_problem(
-        'variance_minimiser_switch_step', s, 'the step at which alpha drops '
-        'from variance_minimiser_start to variance_minimiser_end must be an '
-        'int >= 0', 'pass e.g. 10 epochs in steps, 10 * 60000 // batch_size'))
-  if cfg.get('gamma_prior_weight', 0.0):
-    for field in ('gamma_concentration', 'gamma_rate'):
-      v = cfg.get(field, 1.0)
-      if not isinstance(v, (int, float)) or v <= 0:
-        problems.append(_problem(field, v, 'the Gamma prior needs a positive '
-                                 'concentration and rate', 'pass e.g. 1.0'))
-  iv = cfg.get('init_variance', 0.05)
-  if not isinstance(iv, (int, float)) or iv <= 0:
-    problems.append(_problem('init_variance', iv, 'the starting pixel variance '
-                             'sets log_diag = -log(init_variance)/2',
-                             'pass e.g. 0.05'))
-  return problems

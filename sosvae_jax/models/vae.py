@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sosvae_jax import likelihoods
+from sosvae_jax.models.likelihoods import get_likelihood
 from sosvae_jax.models.networks import ConvDecoderTrunk
 from sosvae_jax.models.networks import ConvEncoder
 
@@ -54,5 +54,5 @@ def build_model(config) -> VAE:
   encoder = ConvEncoder(tuple(config.model.channels), config.model.latent_dim,
                         dtype=dtype)
   trunk = ConvDecoderTrunk(tuple(config.model.channels), image_shape, dtype=dtype)
-  head = likelihoods.get_likelihood(config.likelihood, image_shape[-1])
+  head = get_likelihood(config.likelihood, image_shape[-1])
   return VAE(encoder=encoder, trunk=trunk, likelihood=head)

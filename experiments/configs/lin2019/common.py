@@ -35,8 +35,7 @@ STAGE_TWO_EPOCHS = 14
 def get_config(data: ml_collections.ConfigDict,
                arg: str | None = None) -> ml_collections.ConfigDict:
   """Two-stage Gaussian VAE on `data`; arg 'smoke' shrinks it."""
-  if arg not in (None, '', 'smoke'):
-    raise ValueError(f"Config argument {arg!r} is unknown: pass nothing or ':smoke'.")
+  smoke = common.parse_arg(arg, smoke=False).smoke
   steps_per_epoch = math.ceil(TRAIN_EXAMPLES / BATCH_SIZE)
   config = common.base_config()
   config.data = data
@@ -69,8 +68,7 @@ def get_config(data: ml_collections.ConfigDict,
   # posterior (section 3.5: M = 30 for MNIST and Fashion-MNIST).
   config.sampler = 'gmm'
   config.gmm_components = 30
-  if arg == 'smoke':
+  if smoke:
     config = common.apply_smoke(config)
-    config.pretrain_steps = 0  # no variance-head freeze in these papers
     config.likelihood.switch_step = 3
   return config

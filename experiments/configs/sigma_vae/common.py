@@ -37,17 +37,8 @@ BATCH_SIZE = 128
 
 def parse_arg(arg: str | None) -> tuple[str, bool]:
   """'svhn,smoke' -> ('svhn', True); raises ValueError naming a bad token."""
-  tokens = [t.strip() for t in (arg or '').split(',') if t.strip()]
-  dataset, smoke = 'fashion_mnist', False
-  for token in tokens:
-    if token == 'smoke':
-      smoke = True
-    elif token in DATASETS:
-      dataset = token
-    else:
-      raise ValueError(f'Config argument {token!r} is unknown: pass any of '
-                       f"{DATASETS + ('smoke',)}, joined by commas (e.g. ':svhn,smoke').")
-  return dataset, smoke
+  parsed = common.parse_arg(arg, dataset=DATASETS, smoke=False)
+  return parsed.dataset, parsed.smoke
 
 
 def data_config(dataset: str) -> ml_collections.ConfigDict:
@@ -86,5 +77,4 @@ def get_config(likelihood: dict, arg: str | None = None, *,
   config.eval_examples = 10000
   if smoke:
     config = common.apply_smoke(config)
-    config.pretrain_steps = 0  # no variance-head freeze in these papers
   return config

@@ -16,11 +16,12 @@ independent pixel noise; FID of means 90.97 (Table 1, as read from the
 extracted text).
 """
 
+from experiments.configs import common as base_common
 from experiments.configs.table1 import common
 
 
 def get_config(arg: str | None = None):
   common.check_arg(arg)
   config = common.celeba64_base()
-  config.likelihood.name = 'diagonal_gaussian'
+  config.likelihood = base_common.diagonal_gaussian_likelihood()
   return common.shrink(config, arg)

@@ -8,7 +8,7 @@ trained with the same KL constraint xi_KL = 45, latent 128, Adam 1e-4 and
 110 epochs as the other two (Dorta's own code uses the plain ELBO:
 --config.constraints.kl.enabled=False). The reference code's two-phase
 option (mean first, then covariance) is config.pretrain_steps: the
-precision heads are in models.heads.VARIANCE_HEADS and stay frozen for
+precision heads are variance heads of the registry entry and stay frozen for
 those steps (one epoch here; 0 = one phase). Data preparation:
 experiments/configs/table1/common.py.
 

@@ -32,8 +32,7 @@ CELEBA_CENTRE_CROP = 148
 
 
 def check_arg(arg: str | None) -> None:
-  if arg not in (None, '', 'smoke'):
-    raise ValueError(f"Config argument {arg!r} is unknown: pass nothing or ':smoke'.")
+  common.parse_arg(arg, smoke=False)
 
 
 def celeba64_gray_data() -> ml_collections.ConfigDict:
@@ -94,7 +93,7 @@ def structured_likelihood(*, switch_step: int) -> ml_collections.ConfigDict:
 
 def shrink(config: ml_collections.ConfigDict, arg: str | None):
   """':smoke' for the trio: the base shrinking plus a tiny schedule."""
-  if arg != 'smoke':
+  if not common.parse_arg(arg, smoke=False).smoke:
     return config
   config = common.apply_smoke(config)
   if 'variance_minimiser_switch_step' in config.likelihood:

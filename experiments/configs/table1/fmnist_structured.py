@@ -9,8 +9,8 @@ Schedule in steps: the paper's variance minimiser alpha = 5e3 for 10 of 110
 epochs, then 10 (section 5.1), becomes alpha = 5e3 for the first
 SWITCH_STEP steps of this short run, then 10. The reference code's
 two-phase option (mean first, then covariance) is config.pretrain_steps:
-the precision heads are variance heads (models.heads.VARIANCE_HEADS),
-frozen for those steps; here both phases end at the same step.
+the precision heads are variance heads (the registry entry's
+variance_heads), frozen for those steps; here both phases end at the same step.
 
 Run (1000 steps; measured 12.5 minutes on 2 CPU cores shared with four
 other jobs, load average 11-13, so a few minutes on a quiet machine):
