@@ -3,7 +3,7 @@
   python benchmarks/train_step_benchmark.py                 # full (GPU)
   python benchmarks/train_step_benchmark.py --quick         # CPU, minutes
 
-Every likelihood of `likelihoods.LIKELIHOODS` gets the same encoder and
+Every likelihood of `models.LIKELIHOODS` gets the same encoder and
 decoder trunk: `common.base_config()` with only `likelihood.name` changed
 (rank 25 for the low-rank normal), at each `--image_shapes` size. The step is
 the one `train_and_evaluate` runs: `train.train_step` jitted with the data
@@ -30,7 +30,6 @@ compile is skipped with its error printed. Writes everything to --out.
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import platform
@@ -41,17 +40,16 @@ import time
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 import numpy as np
 
 # Run from a checkout without installing: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import common
 from sosvae_jax import input_pipeline
-from sosvae_jax import lagrangian
-from sosvae_jax import likelihoods
+from sosvae_jax.models import likelihoods
 from sosvae_jax import sharding
 from sosvae_jax import train
-from sosvae_jax.models import build_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('likelihoods', None, 'Likelihood names (default: every registered one).')
@@ -80,8 +78,10 @@ def device_description() -> dict[str, str | int]:
 
 def make_config(name: str, image_shape: tuple[int, int, int], batch_size: int, rank: int):
   config = common.base_config()
-  config.likelihood.name = name
-  config.likelihood.rank = rank
+  config.likelihood = ml_collections.ConfigDict(likelihoods.likelihood_section(
+      name, config.likelihood, image_shape[-1]))
+  if 'rank' in config.likelihood:
+    config.likelihood.rank = rank
   config.data.image_shape = image_shape
   config.batch_size = batch_size
   return config
@@ -89,20 +89,13 @@ def make_config(name: str, image_shape: tuple[int, int, int], batch_size: int, r
 
 def build_step(config, mesh):
   """(jitted step as in train_and_evaluate, initial state on the mesh)."""
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
-      config.constraints, config.multiplier_learning_rate))
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  step = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                        constraints=constraints, pretrain_steps=0,
-                        variance_lr_scale=config.optimizer.get('variance_lr_scale', 1.0),
-                        kl_weight=config.get('kl_weight', 1.0)),
-      in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
-      out_shardings=sharding.replicated(mesh), donate_argnums=0)
-  return step, jax.device_put(state, sharding.replicated(mesh))
+  with config.unlocked():
+    config.pretrain_steps = 0  # time the step that trains every head
+  run = train.setup(config)
+  step = jax.jit(run.step,
+                 in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh), donate_argnums=0)
+  return step, jax.device_put(run.state, sharding.replicated(mesh))
 
 
 def _memory(compiled) -> dict:

@@ -7,13 +7,12 @@ Writes figure2.png, figure4.png ... figure7.png and figure7.json (see
 sosvae_jax/figures.py); figures 4-7 only for the low-rank likelihood.
 """
 
-import sys
-
 from absl import app
 from absl import flags
-from absl import logging
 
+from experiments import cli
 from sosvae_jax import figures
+from sosvae_jax import logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Workdir of a training run (config.json, checkpoints/).')
@@ -30,19 +29,18 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=cli.USER_ERROR)
+  logs.setup()
   try:
     written = figures.render_figures(
         FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,
         example=FLAGS.example,
         ppca_examples=FLAGS.ppca_examples, figure5_mode=FLAGS.figure5_mode)
-  except (FileNotFoundError, ValueError) as e:
-    logging.error('%s', e)
-    sys.exit(2)
+  except (FileNotFoundError, ValueError) as e:  # messages say what to do
+    cli.fail(str(e))
   for name, path in written.items():
     print(f'{name}: {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

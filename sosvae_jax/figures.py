@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Sequence
 
 from absl import logging
 import distrax
@@ -28,15 +28,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from sosvae_jax import checkpoints
+from sosvae_jax import direct_lowrank_fit
 from sosvae_jax import input_pipeline
-from sosvae_jax import lagrangian
 from sosvae_jax import observation
 from sosvae_jax import plotting
-from sosvae_jax import train
 from sosvae_jax.distributions import LowRankMultivariateNormal
-from sosvae_jax.models import build_model
 
 Array = jax.Array
 ImageShape = tuple[int, int, int]
@@ -56,105 +54,13 @@ FIGURE7_GROUPS = ('PPCA', 'mu + P w', 'PCA')
 LOWRANK_ONLY = ('figure4', 'figure5', 'figure6', 'figure7')
 
 
-class RestoredRun(NamedTuple):
-  """A run's config, model and parameters at its latest checkpoint."""
-
-  config: ml_collections.ConfigDict
-  model: Any  # flax.linen VAE
-  params: Any
-  step: int
-  model_state: Any = None  # running statistics of the head ({} for most)
-
-  @property
-  def variables(self) -> dict[str, Any]:
-    """What `model.apply` takes: {'params': ..., **model_state}."""
-    return train.model_variables(self.params, self.model_state)
-
-
-# ------------------------------------------------------------- restoring ----
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The ConfigDict a run wrote to workdir/config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f'{path} not found: is {workdir} the workdir of a training run '
-        '(python -m experiments.main ... --workdir=DIR)?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def _abstract_train_state(config, model) -> train.TrainState:
-  """The structure of `train.create_train_state`: traced, not compiled."""
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  multiplier_tx = lagrangian.multiplier_optimizer(
-      lagrangian.multiplier_learning_rates(config.constraints,
-                                           config.multiplier_learning_rate))
-  return jax.eval_shape(lambda: train.create_train_state(
-      config, model, train.make_optimizer(config), multiplier_tx, constraints))
-
-
-def _restore_params(manager, step: int, abstract_state) -> tuple[Any, Any]:
-  """Parameters and model state of one checkpoint, checked against the model.
-
-  Only `params` and `model_state` are taken from the saved state, so a
-  checkpoint written before another TrainState field was added still gives
-  its figures; a model without running statistics needs no model_state.
-  """
-  saved = manager.restore(step, args=ocp.args.StandardRestore())
-  restored = []
-  for field in ('params', 'model_state'):
-    abstract = getattr(abstract_state, field)
-    if not jax.tree.leaves(abstract):
-      restored.append(abstract if field == 'params' else {})
-      continue
-    if field not in saved:
-      raise ValueError(f'the checkpoint has no {field}')
-    value = saved[field]
-    mismatch = jax.tree.map(lambda a, b: a.shape != np.shape(b), abstract, value)
-    if any(jax.tree.leaves(mismatch)):
-      raise ValueError(f'{field} shapes differ from the model of config.json')
-    restored.append(jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), abstract, value))
-  return tuple(restored)
-
-
-def restore_run(workdir: str) -> RestoredRun:
-  """Rebuilds the model of workdir/config.json and its latest parameters.
-
-  Read-only: unlike `train.restore_latest` (which moves an unreadable
-  checkpoint aside so that training can resume), an unreadable checkpoint is
-  left in place with a warning and the one before it is tried.
-  """
-  config = load_config(workdir)
-  model = build_model(config)
-  abstract_state = _abstract_train_state(config, model)
-  manager = train.checkpoint_manager(workdir, config)
-  steps = sorted(manager.all_steps(), reverse=True)
-  if not steps:
-    raise FileNotFoundError(f'No checkpoint under {manager.directory}: train '
-                            'first (python -m experiments.main).')
-  for step in steps:
-    try:
-      params, model_state = _restore_params(manager, step, abstract_state)
-    except Exception as e:  # pylint: disable=broad-except
-      # Orbax and TensorStore raise many types for unreadable files.
-      logging.warning('Cannot read checkpoint %d (%s: %s); trying the one '
-                      'before.', step, type(e).__name__, str(e)[:300])
-      continue
-    manager.close()
-    logging.info('Restored parameters of step %d from %s.', step, workdir)
-    return RestoredRun(config, model, params, step, model_state)
-  manager.close()
-  raise FileNotFoundError(f'No readable checkpoint under {manager.directory} '
-                          f'(tried steps {steps}).')
-
-
-def decode(run: RestoredRun, z: Array) -> distrax.Distribution:
+def decode(run: checkpoints.RestoredRun, z: Array) -> distrax.Distribution:
   """p(x|z) over [B, S] for latents z [B, L].
 
-  The low-rank normal is decoded under jit and rebuilt from its arrays; other
-  distrax distributions do not cross a jit boundary and are decoded eagerly.
+  The low-rank normal is decoded under jit and rebuilt from its arrays. Other
+  distrax distributions are pytrees too, but not clean ones: returning
+  distrax.MultivariateNormalDiag from jit leaks a tracer held by its scale
+  operator (distrax 0.1, measured), so they are decoded eagerly.
   """
   apply = lambda variables, z: run.model.apply(variables, z, method='decode')
 
@@ -182,14 +88,6 @@ def _grid(rows: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
   return plotting.grid(rows, labels, zoom=ZOOM, pad=PAD, label_width=LABEL_WIDTH)
 
 
-def _shared_heat(positive: np.ndarray, negative: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Heat maps of two non-negative maps [N, H, W, C] on one scale per image."""
-  both = plotting.heat(np.concatenate([positive, negative], axis=2))
-  width = positive.shape[2]
-  return both[:, :, :width], both[:, :, width:]
-
-
 # -------------------------------------------------------------- figure 2 ----
 
 
@@ -210,8 +108,10 @@ def figure2(dist: distrax.Distribution, key: Array,
   """Figure 2: rows mean, sample, difference, variance, +/- covariance.
 
   Rows 5-6 are the positive and negative parts of the covariance row of the
-  central pixel (its own variance dropped), on one colour scale per column.
-  A pixel-wise likelihood has no covariance: those rows are black.
+  central pixel (its own variance dropped). Each map kind (difference,
+  variance, covariance) has one colour scale over all columns, given by a
+  colour bar under the grid. A pixel-wise likelihood has no covariance: those
+  rows are black.
 
   Args:
     dist: p(x|z) with batch [N] over [S].
@@ -219,19 +119,28 @@ def figure2(dist: distrax.Distribution, key: Array,
     image_shape: (H, W, C), S = H * W * C.
 
   Returns:
-    uint8 [6 rows, N columns] grid.
+    uint8 image: the [6 rows, N columns] grid, then three colour bars
+    (difference, variance, covariance).
   """
   centre = observation.central_pixel_index(image_shape)
-  # Only the low-rank normal is a clean pytree to pass through jit.
+  # Only the low-rank normal crosses jit cleanly (see `decode`).
   arrays = (jax.jit(_figure2_arrays, static_argnums=2) if is_lowrank(dist)
             else _figure2_arrays)
   mean, sample, variance, pos, neg = (
       _images(x, image_shape) for x in arrays(dist, key, centre))
-  positive, negative = _shared_heat(pos, neg)
+  # One colour scale per map kind over all columns, labelled by a colour bar,
+  # so that sizes compare across samples (a per-image scale would hide them).
+  diff_scale = plotting.signed_scale(sample - mean)
+  var_scale = plotting.heat_scale(variance)
+  cov_scale = max(plotting.heat_scale(pos), plotting.heat_scale(neg))
   rows = [plotting.to_rgb(mean), plotting.to_rgb(sample),
-          plotting.signed(sample - mean), plotting.heat(variance),
-          positive, negative]
-  return _grid(rows, FIGURE2_LABELS)
+          plotting.signed(sample - mean, scale=diff_scale),
+          plotting.heat(variance, scale=var_scale),
+          plotting.heat(pos, scale=cov_scale), plotting.heat(neg, scale=cov_scale)]
+  bars = [plotting.colorbar('sample - mean', -diff_scale, diff_scale, kind='signed'),
+          plotting.colorbar('variance', 0.0, var_scale),
+          plotting.colorbar('+/- covariance', 0.0, cov_scale)]
+  return plotting.stack([_grid(rows, FIGURE2_LABELS)] + bars)
 
 
 # -------------------------------------------------------------- figure 4 ----
@@ -363,8 +272,7 @@ def figure6(dist: LowRankMultivariateNormal, image_shape: ImageShape,
 
 def training_images(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
   """The first `num` training images of config.data, [N, S] float32 in [0, 1]."""
-  source = input_pipeline.get_source(config.data, 'train')
-  images = input_pipeline.eval_images(source, num)  # (N, H, W, C) uint8
+  images = input_pipeline.load_images(config.data, 'train', num)  # (N, H, W, C) uint8
   return images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
 
 
@@ -417,8 +325,8 @@ def figure7(data: np.ndarray, rank: int, key: Array, image_shape: ImageShape,
            'rank': int(rank), 'num_examples': int(data.shape[0])}
   if fit_steps:
     # The same model learned by gradient, as the paper trains it.
-    fit = observation.fit_lowrank_observation_model(jnp.asarray(data), rank,
-                                                    steps=fit_steps)
+    fit = direct_lowrank_fit.fit_lowrank_observation_model(jnp.asarray(data), rank,
+                                                           steps=fit_steps)
     stats['trained_log_likelihood'] = float(observation.ppca_log_likelihood(
         jnp.asarray(data), fit['loc'], fit['cov_factor'], fit['cov_diag'][0]))
     stats['trained_sigma2'] = float(fit['cov_diag'][0])
@@ -442,7 +350,7 @@ def render_figures(workdir: str, out_dir: str | None = None, *, seed: int = 0,
   """
   out_dir = out_dir or os.path.join(workdir, 'paper_figures')
   os.makedirs(out_dir, exist_ok=True)
-  run = restore_run(workdir)
+  run = checkpoints.restore_run(workdir)
   image_shape = tuple(run.config.data.image_shape)
   keys = jax.random.split(jax.random.PRNGKey(seed), 5)
   z = jax.random.normal(keys[0], (num_samples, run.config.model.latent_dim))

@@ -12,10 +12,10 @@ DATA_AXIS = 'data'
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A 1-D mesh over all (or the first num_devices) devices, axis 'data'."""
-  devices = jax.devices()
-  if num_devices is not None:
-    devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+  devices = jax.devices()[:num_devices]
+  # Auto: shardings are set at jit boundaries, not carried in array types.
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def data_sharding(mesh) -> NamedSharding:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import beta_grid
-from sosvae_jax import figures
+from sosvae_jax import checkpoints
 
 
 def test_gaussian_elbo_matches_a_float64_sum():
@@ -61,7 +61,7 @@ def test_smoke_grid_prints_and_writes_one_table(tmp_path, capsys):
         row['elbo_at_own_sigma'])
   # The sigma-VAE's effective beta is 2 sigma^2 of its evaluation variance:
   # the (clipped) running average stored in its checkpoint.
-  run = figures.restore_run(os.path.join(root, 'optimal_sigma_vae'))
+  run = checkpoints.restore_run(os.path.join(root, 'optimal_sigma_vae'))
   stats = run.model_state['likelihood_stats']['likelihood']['running_variance']
   running = float(stats['total'].squeeze()) / (1 - 0.99 ** int(stats['count']))
   clipped = math.exp(2 * (-6.0 + math.log1p(math.exp(0.5 * math.log(running) + 6.0))))

@@ -2,6 +2,11 @@
 
 import json
 
+import distrax
+import jax
+import jax.numpy as jnp
+
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
@@ -9,20 +14,32 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import default
+from sosvae_jax import checkpoints
 from sosvae_jax import figures
-from sosvae_jax import lagrangian
 from sosvae_jax import observation
+from sosvae_jax import plotting
 from sosvae_jax import train
-from sosvae_jax.models import build_model
 
 NUM_EXAMPLES = 64
+# Figure 2's three colour bars under the grid, each after a 2-pixel gap.
+FIGURE2_BARS_HEIGHT = 3 * (plotting.colorbar('x', 0.0, 1.0).shape[0] + 2)
 NUM_SAMPLES = 5
 PPCA_EXAMPLES = 40
 
 
-def _grid_shape(path, image_shape) -> tuple[int, int]:
-  """(rows, columns) of a labelled `plotting.grid`, read off its size."""
-  height, width = np.asarray(Image.open(path)).shape[:2]
+def _grid_shape(path, image_shape, below: int = 0) -> tuple[int, int]:
+  """(rows, columns) of a labelled `plotting.grid`, read off its size.
+
+  below: the height of what is stacked under the grid (colour bars, which
+  may be wider than the grid: the grid's width is then where its last
+  non-white cell ends, plus the padding).
+  """
+  image = np.asarray(Image.open(path))
+  height, width = image.shape[:2]
+  if below:
+    height -= below
+    inked = np.flatnonzero((image[:height] < 255).any(axis=(0, 2)))
+    width = inked[-1] + 1 + figures.PAD
   cell_h = image_shape[0] * figures.ZOOM + figures.PAD
   cell_w = image_shape[1] * figures.ZOOM + figures.PAD
   inner_h = height - figures.PAD
@@ -31,10 +48,13 @@ def _grid_shape(path, image_shape) -> tuple[int, int]:
   return inner_h // cell_h, inner_w // cell_w
 
 
-def _smoke_config(**likelihood):
+def _smoke_config(name='lowrank_gaussian'):
   config = default.get_config('smoke')
   config.data.source = 'tfds'
-  config.likelihood.update(likelihood)
+  if name != config.likelihood.name:
+    # Another head: only its name and the variance it starts from.
+    config.likelihood = ml_collections.ConfigDict(
+        {'name': name, 'init_variance': config.likelihood.init_variance})
   return config
 
 
@@ -66,7 +86,8 @@ def test_writes_every_figure_with_its_grid(rendered):
       'figure7': (1 + len(figures.FIGURE7_GROUPS) * 3, 8),  # 3 rows a group
   }
   for name, grid_shape in expected.items():
-    assert _grid_shape(written[name], shape) == grid_shape, name
+    below = FIGURE2_BARS_HEIGHT if name == 'figure2' else 0
+    assert _grid_shape(written[name], shape, below) == grid_shape, name
 
 
 def test_figure7_log_likelihood_matches_ppca(rendered):
@@ -105,19 +126,40 @@ def _save_initial_run(workdir, config, drop_fields=()) -> None:
 
   drop_fields: TrainState fields left out, as by an older version of train.
   """
-  model = build_model(config)
-  mtx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
-      config.constraints, config.multiplier_learning_rate))
-  state = train.create_train_state(
-      config, model, train.make_optimizer(config), mtx,
-      lagrangian.constraints_from_config(config.constraints))
-  manager = train.checkpoint_manager(str(workdir), config)
+  state = train.setup(config).state
+  manager = checkpoints.checkpoint_manager(str(workdir), config)
   if drop_fields:
     state = {k: v for k, v in vars(state).items() if k not in drop_fields}
   manager.save(0, args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()
   manager.close()
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def test_figure2_maps_share_one_scale_with_colour_bars():
+  """Column 1 has twice column 0's standard deviation: its variance is drawn
+  brighter (a per-image scale would draw both at full brightness)."""
+  image_shape = (4, 4, 1)
+  size = 16
+  dist = distrax.MultivariateNormalDiag(
+      jnp.full((2, size), 0.5), jnp.asarray([[0.1] * size, [0.2] * size]))
+  image = figures.figure2(dist, jax.random.PRNGKey(0), image_shape)
+  cell_h = image_shape[0] * figures.ZOOM
+  grid_h = figures.PAD + 6 * (cell_h + figures.PAD)
+  assert image.shape[0] == grid_h + FIGURE2_BARS_HEIGHT
+
+  def cell(row, col):
+    top = figures.PAD + row * (cell_h + figures.PAD)
+    left = figures.LABEL_WIDTH + figures.PAD + col * (image_shape[1] * figures.ZOOM + figures.PAD)
+    return image[top:top + cell_h, left:left + image_shape[1] * figures.ZOOM].astype(int)
+
+  variance_row = figures.FIGURE2_LABELS.index('variance')
+  dim, bright = cell(variance_row, 0), cell(variance_row, 1)
+  assert (dim == dim[0, 0]).all()  # a flat map
+  assert dim.sum() < bright.sum()
+  expected = plotting.grid([plotting.heat(np.full((1,) + image_shape, 0.01), scale=0.04)],
+                           zoom=figures.ZOOM, pad=figures.PAD)
+  np.testing.assert_array_equal(dim[0, 0], expected[figures.PAD, figures.PAD])
 
 
 def test_pixelwise_likelihood_gives_figure2_only(tmp_path):
@@ -127,7 +169,8 @@ def test_pixelwise_likelihood_gives_figure2_only(tmp_path):
   written = figures.render_figures(str(tmp_path), str(tmp_path / 'out'),
                                    num_samples=3)
   assert set(written) == {'figure2'}
-  assert _grid_shape(written['figure2'], tuple(config.data.image_shape)) == (6, 3)
+  assert _grid_shape(written['figure2'], tuple(config.data.image_shape),
+                     FIGURE2_BARS_HEIGHT) == (6, 3)
   assert (tmp_path / 'checkpoints' / '0').is_dir()
   assert not (tmp_path / 'corrupt_checkpoints').exists()
 
@@ -135,4 +178,4 @@ def test_pixelwise_likelihood_gives_figure2_only(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   (tmp_path / 'config.json').write_text(_smoke_config().to_json_best_effort())
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
-    figures.restore_run(str(tmp_path))
+    checkpoints.restore_run(str(tmp_path))

@@ -3,7 +3,7 @@
 `config.model.dtype='bfloat16'` runs the encoder and decoder trunk in
 bfloat16 (parameters stay float32); the likelihood heads cast their outputs
 to float32, so Cholesky factors, log-determinants, triangular solves, logs
-and logsumexps run in float32 (lowrank.py `_compute_dtype`). Checked here on
+and logsumexps run in float32 (numerics.py `compute_dtype`). Checked here on
 the same parameters and batch:
 
 * log p(x|z) of the bfloat16 model is within `_RTOL` of the float32 model;
@@ -16,12 +16,14 @@ from __future__ import annotations
 import jax
 from jax.extend import core as jex_core
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from experiments.configs import default
 from sosvae_jax import input_pipeline
 from sosvae_jax.models import build_model
+from sosvae_jax.models import likelihood_section
 
 # bfloat16 keeps 8 significant bits: unit roundoff 2^-8 = 3.9e-3 per
 # operation. log p(x|z) sums S = 784 terms whose rounding errors mostly
@@ -46,7 +48,7 @@ _BATCH = 2
 def _models(name: str):
   """(float32 model, bfloat16 model, shared float32 variables, x)."""
   config = default.get_config('smoke')
-  config.likelihood.name = name
+  config.likelihood = ml_collections.ConfigDict(likelihood_section(name, config.likelihood, 1))
   # Heads with visible weights, so the network output shapes the likelihood.
   config.likelihood.head_init_stddev = 0.05
   x = input_pipeline.preprocess(jnp.asarray(np.random.default_rng(0).integers(

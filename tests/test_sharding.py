@@ -21,27 +21,20 @@ _LEARNING_RATE = 1e-3  # Adam's rate in the smoke config
 
 # Runs in a fresh interpreter with 4 host devices; writes everything to argv[1].
 _SCRIPT = textwrap.dedent("""
-    import functools
     import sys
 
     import jax
     import numpy as np
 
     from experiments.configs import default
-    from sosvae_jax import lagrangian
     from sosvae_jax import sharding
     from sosvae_jax import train
-    from sosvae_jax.models import build_model
 
     assert jax.device_count() == 4, jax.devices()
     config = default.get_config('smoke')
     config.batch_size = 8
-    model = build_model(config)
-    tx = train.make_optimizer(config)
-    constraints = lagrangian.constraints_from_config(config.constraints)
-    mtx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
-        config.constraints, config.multiplier_learning_rate))
-    initial = train.create_train_state(config, model, tx, mtx, constraints)
+    setup = train.setup(config)
+    initial = setup.state
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (config.batch_size,) + tuple(config.data.image_shape),
                             dtype=np.uint8) for _ in range(NUM_STEPS)]
@@ -52,10 +45,7 @@ _SCRIPT = textwrap.dedent("""
 
       def counted_step(state, batch):
         traces.append(1)  # runs only while tracing
-        return train.train_step(
-            state, batch, model=model, tx=tx, multiplier_tx=mtx,
-            constraints=constraints, pretrain_steps=config.pretrain_steps,
-            variance_lr_scale=config.optimizer.variance_lr_scale)
+        return setup.step(state, batch)
 
       step_fn = jax.jit(
           counted_step,

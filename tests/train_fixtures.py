@@ -1,35 +1,31 @@
 """Shared test set-up: a smoke model with its state and jitted train step."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import default
-from sosvae_jax import lagrangian
 from sosvae_jax import train
-from sosvae_jax.models import build_model
 
 
-def smoke_step(config=None, multiplier_lr=None, **step_kwargs):
-  """(config, initial state, jitted train_step) for a smoke config.
+def smoke_step(config=None, multiplier_lr=None, *, pretrain_steps=0,
+               variance_lr_scale=1.0, kl_weight=1.0):
+  """(config, initial state, jitted train step) of `train.setup` for a smoke config.
 
   multiplier_lr: one rate for every multiplier (default: the config's).
-  step_kwargs go to train.train_step (pretrain_steps defaults to 0).
+  pretrain_steps, variance_lr_scale, kl_weight: set in a copy of the config
+  (defaults: no pretraining, no slower variance heads, the plain ELBO).
   """
-  config = config or default.get_config('smoke')
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(
-      multiplier_lr or lagrangian.multiplier_learning_rates(
-          config.constraints, config.multiplier_learning_rate))
-  state = train.create_train_state(config, model, tx, mtx, constraints)
-  step_kwargs.setdefault('pretrain_steps', 0)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, multiplier_tx=mtx,
-                                   constraints=constraints, **step_kwargs))
-  return config, state, step
+  config = (config or default.get_config('smoke')).copy_and_resolve_references()
+  with config.unlocked():
+    config.pretrain_steps = pretrain_steps
+    config.optimizer.variance_lr_scale = variance_lr_scale
+    config.kl_weight = kl_weight
+    if multiplier_lr is not None:
+      for constraint in config.constraints.values():
+        constraint.multiplier_lr = multiplier_lr
+  run = train.setup(config)
+  return config, run.state, jax.jit(run.step)
 
 
 def random_batch(seed: int, batch_size: int = 8, shape=(28, 28, 1)) -> jax.Array:

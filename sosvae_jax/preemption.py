@@ -1,0 +1,72 @@
+"""When to checkpoint and stop early: a pre-empted, terminated or interrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import orbax.checkpoint as ocp
+
+# Signals after which a single-process run saves a checkpoint and stops:
+# a scheduler's SIGTERM and the user's Ctrl-C alike.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Exit status of a second signal (e.g. Ctrl-C twice): 128 + SIGINT, what a
+# shell reports for a process that Ctrl-C killed.
+FORCED_EXIT = 128 + signal.SIGINT
+
+
+def _name(signum: int) -> str:
+  return 'SIGINT (Ctrl-C)' if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class PreemptionWatch:
+  """Says at which step to write a last checkpoint and stop.
+
+  With several processes every one must stop at the same step (one that
+  stops alone leaves the others hanging in a collective), so the step is
+  orbax's preemption sync point, which all processes agree on. A single
+  process also stops on SIGTERM or SIGINT, which it records here; a second
+  one while the last checkpoint is written exits at once (FORCED_EXIT), for a
+  user who would rather lose the last steps than wait.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager | None):
+    self._manager = manager
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if jax.process_count() == 1:
+      for sig in STOP_SIGNALS:
+        try:
+          self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # Not the main thread (e.g. a notebook worker).
+          pass
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.received is not None:
+      # os.write and os._exit: safe inside a handler, and nothing waits for
+      # the checkpoint threads (a half-written step is skipped on resume).
+      os.write(2, f'{_name(signum)} again: exiting at once without waiting for the '
+                  'checkpoint; rerun the same command to resume from the last '
+                  'complete one.\n'.encode())
+      os._exit(FORCED_EXIT)  # pylint: disable=protected-access
+    self.received = signum
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def reached(self, step: int) -> bool:
+    """True when the run should save `step` and stop."""
+    if self.received is not None:
+      return True
+    return self._manager is not None and self._manager.reached_preemption(step)
+
+  def reason(self) -> str:
+    return (f'Stopped by {_name(self.received)}' if self.received is not None
+            else 'Reached the pre-emption sync point')

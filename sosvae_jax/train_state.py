@@ -1,0 +1,134 @@
+"""TrainState and the pieces that fix its shapes: model, optimizers, constraints."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sosvae_jax import lagrangian
+from sosvae_jax.models import build_model
+from sosvae_jax.models import PENALTY_COLLECTION
+
+Array = jax.Array
+
+# Named streams of the one root key jax.random.key(config.seed).
+STREAMS = ('params', 'sample', 'train', 'figures', 'eval')
+# Collections of model.init that are not state: sown values are per call.
+_NOT_STATE = ('params', PENALTY_COLLECTION, 'intermediates')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array  # int32 scalar
+  params: Any
+  # Flax collections other than params, e.g. the running statistics of a
+  # likelihood head; {} for most models.
+  model_state: Any
+  opt_state: Any
+  multipliers: dict[str, Array]  # lambda_c >= 0, one per constraint
+  multiplier_opt_state: Any
+  rng: Array  # raw key data; the step's key is fold_in(rng, step)
+  nonfinite_in_a_row: Array  # int32: consecutive skipped (non-finite) steps
+  nonfinite_total: Array  # int32: all skipped steps of the run
+
+
+class RunParts(NamedTuple):
+  """What a run is built from; equal configs give equal (hashable) parts."""
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+  multiplier_tx: optax.GradientTransformation
+  constraints: dict[str, lagrangian.Constraint]
+
+
+def rng_streams(root: Array) -> dict[str, Array]:
+  """{stream name: key}: independent keys split from one root key."""
+  return dict(zip(STREAMS, jax.random.split(root, len(STREAMS))))
+
+
+def all_finite(tree) -> Array:
+  """True iff every leaf of a pytree of arrays is finite (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def model_variables(params, model_state) -> dict[str, Any]:
+  """The variables of `model.apply`: parameters plus running statistics."""
+  return {'params': params, **(model_state or {})}
+
+
+# ----------------------------------------------------------------------------
+# Optimizers.
+# ----------------------------------------------------------------------------
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam (after global-norm clipping when config.optimizer.grad_clip_norm).
+
+  The mean-head pretraining freeze and the slower variance heads are applied
+  to the gradients and updates in train.train_step, by
+  variance_parameter_mask. (optax.multi_transform with a schedule, tried for
+  this, hung the default config's second step on XLA CPU; see the report.)
+  """
+  cfg = config.optimizer
+  if cfg.learning_rate <= 0:
+    raise ValueError(f'config.optimizer.learning_rate={cfg.learning_rate} must be > 0.')
+  parts = []
+  if cfg.get('grad_clip_norm', 0):
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(optax.adam(cfg.learning_rate))
+  return optax.chain(*parts)
+
+
+def multiplier_optimizer(config) -> optax.GradientTransformation:
+  """Projected ascent on the multipliers at each constraint's rate."""
+  return lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
+      config.constraints, config.multiplier_learning_rate))
+
+
+def build_parts(config) -> RunParts:
+  """Model, both optimizers and the constraints described by `config`."""
+  return RunParts(model=build_model(config), tx=make_optimizer(config),
+                  multiplier_tx=multiplier_optimizer(config),
+                  constraints=lagrangian.constraints_from_config(config.constraints))
+
+
+# ----------------------------------------------------------------------------
+# State.
+# ----------------------------------------------------------------------------
+def init_variables(model: nn.Module, image_shape, streams: Mapping[str, Array]
+                   ) -> tuple[Any, Any]:
+  """(params, model_state) of a fresh model for images of `image_shape`."""
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = model.init({'params': streams['params'], 'sample': streams['sample']},
+                         dummy)
+  return variables['params'], {k: v for k, v in variables.items() if k not in _NOT_STATE}
+
+
+def create_train_state(config, parts: RunParts, root: Array) -> TrainState:
+  """Fresh parameters, optimizer states and multipliers from the root key.
+
+  Pure: jit it (op-by-op initialisation is several times slower), or vmap it
+  over root keys for several models at once.
+  """
+  streams = rng_streams(root)
+  params, model_state = init_variables(parts.model, config.data.image_shape, streams)
+  initial = {k: c.get('initial_multiplier', 0.0) for k, c in config.constraints.items()}
+  multipliers = lagrangian.init_multipliers(parts.constraints, initial)
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, model_state=model_state,
+                    opt_state=parts.tx.init(params), multipliers=multipliers,
+                    multiplier_opt_state=parts.multiplier_tx.init(multipliers),
+                    rng=jax.random.key_data(streams['train']),
+                    nonfinite_in_a_row=zero, nonfinite_total=zero)
+
+
+def abstract_train_state(config, parts: RunParts | None = None) -> TrainState:
+  """The shapes and dtypes of `create_train_state`: traced, not computed."""
+  parts = parts or build_parts(config)
+  return jax.eval_shape(lambda: create_train_state(config, parts,
+                                                   jax.random.key(0)))
