@@ -1,7 +1,15 @@
-"""Command line: train (or resume) a model described by a config file.
+"""Command line: train (or resume) a model described by a config file, or evaluate it.
 
   python -m experiments.main --config=experiments/configs/default.py \
       --workdir=runs/default [--config.likelihood.rank=10 ...]
+  python -m experiments.main --mode=evaluate --workdir=runs/default \
+      [--config=experiments/configs/default.py --config.evaluation.iwae_k=50 ...]
+  python -m experiments.main --mode=check --config=... --workdir=...
+      # dry run: resolved config, devices, data, parameters, checks (writes nothing)
+
+Exit codes (experiments/cli.py): 0 done, 2 a user mistake (one message, nothing
+ran), 3 stopped on non-finite steps, 4 stopped early by SIGTERM / Ctrl-C or a
+pre-emption with a checkpoint written (rerun the same command to resume).
 """
 
 import sys
@@ -11,9 +19,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from sosvae_jax import config_checks
+from experiments import cli
+from sosvae_jax import checkpoints
 from sosvae_jax import distributed
-from sosvae_jax import input_pipeline
+from sosvae_jax import dry_run
+from sosvae_jax import logs
 from sosvae_jax import train
 
 FLAGS = flags.FLAGS
@@ -23,27 +33,13 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figures.')
 flags.mark_flags_as_required(['workdir'])
 # --mode=evaluate: metrics of the workdir's latest checkpoint -> workdir/eval/
-# (sosvae_jax/evaluation/evaluate.py); --config is then read from the workdir.
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train, or evaluate a run.')
-flags.DEFINE_integer('num_samples', 10000, 'evaluate: generated images for FID '
-                     'and coherence (the papers use 50000).')
-flags.DEFINE_integer('eval_examples', 0, 'evaluate: test images for ELBO/IWAE; 0 = all.')
-flags.DEFINE_integer('iwae_k', 20, 'evaluate: importance samples of the IWAE bound; 0 skips.')
-flags.DEFINE_integer('iwae_chunk', 10, 'evaluate: importance samples drawn at once.')
-flags.DEFINE_integer('eval_batch_size', 250, 'evaluate: images per jitted call.')
-flags.DEFINE_integer('mi_examples', 1000, 'evaluate: posteriors for MI / marginal KL; 0 skips.')
-flags.DEFINE_enum('sampler', None, ['prior', 'gmm'], 'evaluate: latent sampler '
-                  '(default: config.sampler).')
-flags.DEFINE_integer('gmm_components', None, 'evaluate: mixture components '
-                     '(default: config.gmm_components).')
-flags.DEFINE_bool('classifier_fid', True, 'evaluate: classifier FID (needs labels).')
-flags.DEFINE_string('classifier_cache_dir', None, 'evaluate: cache of the feature '
-                    'classifier (default ~/.cache/sosvae_jax/classifiers).')
-flags.DEFINE_integer('classifier_steps', 2000, 'evaluate: training steps of the '
-                     'feature classifier (part of its cache key).')
-flags.DEFINE_string('inception_weights', None, 'evaluate: converted Inception .npz '
-                    '(scripts/convert_inception_weights.py); unset: no Inception FID.')
-flags.DEFINE_integer('eval_seed', 0, 'evaluate: seed of every random draw.')
+# (sosvae_jax/evaluation/evaluate.py). The model comes from the workdir; the
+# settings from config.evaluation of --config if given (overrides such as
+# --config.evaluation.iwae_k=50), else of the run's own config.json.
+# --mode=check: a dry run that only reads (sosvae_jax/dry_run.py); exit 2 if
+# the checks fail.
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'check'],
+                  'Train, evaluate a run, or check a config without training.')
 # Multi-host runs: the same command on every host, each with its own id.
 flags.DEFINE_string('coordinator_address', None,
                     'HOST:PORT of process 0 (multi-host), or "auto" on Slurm / '
@@ -54,19 +50,21 @@ flags.DEFINE_list('local_device_ids', None,
                   'Local devices this process drives (default: all visible).')
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO chatter of orbax and grain; warnings and errors still show."""
-
-  def filter(self, record) -> bool:
-    noisy = ('/orbax/' in record.pathname or '/grain/' in record.pathname)
-    return not (noisy and record.levelno < logging.logging.WARNING)
+def _evaluate(workdir: str, config) -> None:
+  """--mode=evaluate: every metric of the run in `workdir` (workdir/eval/)."""
+  from sosvae_jax.evaluation import evaluate, settings  # pylint: disable=g-import-not-at-top
+  try:
+    config = config if config is not None else checkpoints.load_config(workdir)
+    evaluate.evaluate_and_write(workdir, settings.from_config(config.get('evaluation')))
+  except (ValueError, TypeError, FileNotFoundError) as e:  # incl. DataNotFoundError
+    logging.error('%s', e)
+    sys.exit(2)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=cli.USER_ERROR)
+  logs.setup()
   try:  # Before anything touches a device.
     distributed.initialize_from_flags(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -75,32 +73,31 @@ def main(argv):
     logging.error('%s', e)
     sys.exit(2)
   if FLAGS.mode == 'evaluate':
-    from sosvae_jax.evaluation import classifier, evaluate  # pylint: disable=g-import-not-at-top
-    try:
-      evaluate.evaluate_and_write(FLAGS.workdir, evaluate.EvalSettings(
-          num_samples=FLAGS.num_samples, eval_examples=FLAGS.eval_examples,
-          iwae_k=FLAGS.iwae_k, iwae_chunk=FLAGS.iwae_chunk,
-          batch_size=FLAGS.eval_batch_size, mi_examples=FLAGS.mi_examples,
-          sampler=FLAGS.sampler, gmm_components=FLAGS.gmm_components,
-          classifier_fid=FLAGS.classifier_fid,
-          classifier_cache_dir=FLAGS.classifier_cache_dir,
-          classifier=classifier.ClassifierSettings(num_steps=FLAGS.classifier_steps),
-          inception_weights=FLAGS.inception_weights, seed=FLAGS.eval_seed))
-    except (ValueError, FileNotFoundError) as e:  # incl. DataNotFoundError
-      logging.error('%s', e)
-      sys.exit(2)
+    _evaluate(FLAGS.workdir, FLAGS.config)
     return
   if FLAGS.config is None:
-    raise app.UsageError('--config is required for --mode=train.')
+    raise app.UsageError(f'--config is required for --mode={FLAGS.mode}: pass e.g. '
+                         '--config=experiments/configs/default.py.', exitcode=cli.USER_ERROR)
+  if FLAGS.mode == 'check':
+    report = dry_run.dry_run(FLAGS.config, FLAGS.workdir)
+    print(report.text, flush=True)
+    if report.problems:
+      cli.fail('\n'.join(report.problems), cli.USER_ERROR)
+    return
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, input_pipeline.DataNotFoundError) as e:
-    logging.error('%s', e)
-    sys.exit(2)
+    state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except cli.user_error_types() as e:
+    cli.fail(str(e), cli.USER_ERROR)
   except train.NonFiniteError as e:
-    logging.error('%s', e)
-    sys.exit(3)
+    cli.fail(str(e), cli.NON_FINITE)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the train loop (start-up, compiling, a multi-process
+    # run): there is no newer state than the last checkpoint to save.
+    cli.fail('Interrupted (Ctrl-C) outside the train loop: nothing to save; rerun the '
+             'same command to start or resume.', cli.INTERRUPTED)
+  if int(state.step) < FLAGS.config.num_steps:  # a signal or pre-emption
+    sys.exit(cli.STOPPED_EARLY)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,7 +9,8 @@ The input is the public file of pytorch-fid (Seitzer 2020):
 a torch state dict, so reading it needs torch (`pip install torch`, CPU build
 is enough; only this script uses it). A state dict already saved as .npz
 (torch name -> array, e.g. by `np.savez(path, **{k: v.numpy() ...})`) is read
-without torch. Then evaluate with `--inception_weights=inception_fid.npz`.
+without torch. Then evaluate with
+`--config.evaluation.inception_weights=inception_fid.npz`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from typing import Iterator, Sequence
 
 import grain
@@ -43,6 +44,11 @@ class DataNotFoundError(FileNotFoundError):
   """A dataset is missing or not prepared; the message says how to get it."""
 
 
+class DataError(ValueError):
+  """A data file exists but cannot be used (corrupt, truncated, wrong size);
+  the message names the file and says what to do."""
+
+
 # ----------------------------------------------------------------------------
 # IDX files.
 # ----------------------------------------------------------------------------
@@ -58,18 +64,32 @@ def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (plain or .gz): the (Fashion-)MNIST container format.
 
   Header: two zero bytes, a type code (0x08 = uint8), the number of
-  dimensions, then one big-endian uint32 per dimension.
+  dimensions, then one big-endian uint32 per dimension. A file that is not
+  IDX, or is cut short, raises DataError naming it.
   """
-  with _open_maybe_gz(path) as f:
-    data = f.read()
+  fix = ('download it again (or reinstall `dataset-fashion-mnist`), or set '
+         '--config.data.idx_dir to a folder holding intact IDX files')
+  try:
+    with _open_maybe_gz(path) as f:
+      data = f.read()
+  # gzip raises EOFError for a cut-short file, BadGzipFile / zlib.error for
+  # damaged bytes: the user needs the file's name either way.
+  except (EOFError, OSError, zlib.error) as e:
+    if isinstance(e, DataNotFoundError):
+      raise
+    raise DataError(f'IDX file {path}[.gz] cannot be read ({type(e).__name__}: {e}); '
+                    f'{fix}.') from None
+  if len(data) < 4:
+    raise DataError(f'IDX file {path}[.gz] holds only {len(data)} bytes; {fix}.')
   zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
-  if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f'{path}: not a uint8 IDX file (header {data[:4]!r}).')
+  if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+    raise DataError(f'IDX file {path}[.gz] has no uint8 IDX header (first bytes '
+                    f'{data[:4]!r}, expected 00 00 08 and 1-4 dimensions); {fix}.')
   shape = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != int(np.prod(shape)):
-    raise ValueError(f'{path}: header says {shape} but holds {array.size} bytes '
-                     '(truncated download?).')
+    raise DataError(f'IDX file {path}[.gz]: its header says {shape} but it holds '
+                    f'{array.size} bytes of images (truncated download?); {fix}.')
   return array.reshape(shape)
 
 
@@ -96,7 +116,10 @@ def _tfds_data_source(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as e:
+  # tfds signals "not prepared" in many ways; KeyError is an empty splits
+  # list, e.g. no ~/tensorflow_datasets at all.
+  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError,
+          KeyError) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
     raise DataNotFoundError(
         f'tfds dataset {name!r} (split {split!r}) is not prepared in ArrayRecord '
@@ -211,10 +234,10 @@ def _read_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
   # Decoders raise OSError, SyntaxError, struct.error, zlib.error, ...: whatever
   # it is, the user needs the file's name.
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'Image file {path} cannot be read by PIL ({type(e).__name__}: '
+    raise DataError(f'Image file {path} cannot be read by PIL ({type(e).__name__}: '
                      f'{e}); delete or replace it.') from None
   if pil.size != (width, height):
-    raise ValueError(
+    raise DataError(
         f'Image file {path} is {pil.size[1]}x{pil.size[0]} (HxW) but '
         f'config.data.image_shape needs {height}x{width}; folder images are not '
         'resized: resize the files or set --config.data.image_shape.')
@@ -315,12 +338,25 @@ def train_batches(source, batch_size: int, seed: int, start_step: int = 0, *,
   return iter(ds.to_iter_dataset(options))
 
 
-def eval_images(source, num: int) -> np.ndarray:
-  """The first `num` images of a split, [num, H, W, C] uint8."""
-  num = min(num, len(source))
+def first_images(source, num: int | None = None) -> np.ndarray:
+  """The first `num` images (all for None) of a source, [N, H, W, C] uint8."""
+  num = len(source) if num is None else min(num, len(source))
   if isinstance(source, np.ndarray):
     return source[:num]
   return np.stack([source[i] for i in range(num)])
+
+
+def load_images(data_cfg, split: str, num: int | None = None) -> np.ndarray:
+  """The first `num` images (all for None) of one split, [N, H, W, C] uint8.
+
+  Only that split is opened: evaluation images never read the training split.
+
+  Args:
+    data_cfg: config.data.
+    split: 'train' or 'eval'.
+    num: how many images from the start of the split; None for all.
+  """
+  return first_images(get_source(data_cfg, split), num)
 
 
 def preprocess(batch: Array) -> Array:

@@ -18,19 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sosvae_jax.distributions import compute_dtype
 from sosvae_jax.distributions.lowrank import LowRankMultivariateNormal
 from sosvae_jax.distributions.lowrank import LowRankNoise
-from sosvae_jax.distributions.lowrank import lowrank_log_prob
 
 Array = jax.Array
 
 # Figure 5: each principal component scaled from -5 to +5 in steps of 0.5.
 FIGURE5_SCALES = np.linspace(-5.0, 5.0, 21)
-
-
-def _float_dtype(*arrays) -> jnp.dtype:
-  """At least float32: eigh, QR and sin/arccos are not safe in bf16."""
-  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
 # ------------------------------------------------------------------ slerp ----
@@ -71,7 +66,7 @@ def slerp(a: Array, b: Array, t: Array | float) -> Array:
   Returns:
     [..., R], the broadcast of a, b and t[..., None].
   """
-  dtype = _float_dtype(a, b)
+  dtype = compute_dtype(a, b)
   a = jnp.asarray(a, dtype)
   b = jnp.asarray(b, dtype)
   t = jnp.asarray(t, dtype)[..., None]  # (..., 1)
@@ -107,7 +102,7 @@ def slerp_noise_grid(corners: Array, steps: int) -> Array:
     raise ValueError(f'corners must be [4, R]; got {corners.shape}.')
   if steps < 2:
     raise ValueError(f'steps must be >= 2; got {steps}.')
-  dtype = _float_dtype(corners)
+  dtype = compute_dtype(corners)
   t = jnp.linspace(0.0, 1.0, steps, dtype=dtype)  # (steps,)
   top_left, top_right, bottom_left, bottom_right = corners
   left = slerp(top_left, bottom_left, t)  # (steps, R)
@@ -167,7 +162,7 @@ def factor_svd(cov_factor: Array) -> FactorSVD:
   Returns:
     FactorSVD(U [..., S, R], s [..., R], V [..., R, R]).
   """
-  dtype = _float_dtype(cov_factor)
+  dtype = compute_dtype(cov_factor)
   p = jnp.asarray(cov_factor, dtype)
   gram = jnp.einsum('...sr,...sq->...rq', p, p)  # (..., R, R)
   eigval, v = jnp.linalg.eigh(gram)  # ascending
@@ -278,7 +273,7 @@ def scaled_component_samples(loc: Array, cov_factor: Array, cov_diag: Array,
   """
   if mode not in ('scale', 'set'):
     raise ValueError(f"mode must be 'scale' or 'set'; got {mode!r}.")
-  scales = jnp.asarray(scales, _float_dtype(cov_factor))
+  scales = jnp.asarray(scales, compute_dtype(cov_factor))
   return _component_rows(factor_svd(cov_factor), noise, loc, cov_diag,
                          component_index, scales, other_scale=other_scale,
                          mode=mode)
@@ -302,7 +297,7 @@ def scaled_component_grid(loc: Array, cov_factor: Array, cov_diag: Array,
   if mode not in ('scale', 'set'):
     raise ValueError(f"mode must be 'scale' or 'set'; got {mode!r}.")
   num_components = num_components or cov_factor.shape[-1]
-  scales = jnp.asarray(scales, _float_dtype(cov_factor))
+  scales = jnp.asarray(scales, compute_dtype(cov_factor))
   svd = factor_svd(cov_factor)  # once, shared by all rows
   row = lambda k: _component_rows(svd, noise, loc, cov_diag, k, scales,
                                   other_scale=other_scale, mode=mode)
@@ -387,7 +382,7 @@ def conditional_distribution(loc: Array, cov_factor: Array, cov_diag: Array,
   Returns:
     LowRankConditional over all S pixels.
   """
-  dtype = _float_dtype(loc, cov_factor, cov_diag, values)
+  dtype = compute_dtype(loc, cov_factor, cov_diag, values)
   loc, cov_factor, cov_diag, values = (
       jnp.asarray(x, dtype) for x in (loc, cov_factor, cov_diag, values))
   mask = jnp.asarray(mask, bool)
@@ -417,7 +412,7 @@ def conditional_mean(loc: Array, cov_factor: Array, cov_diag: Array,
   Returns:
     [S].
   """
-  dtype = _float_dtype(loc, cov_factor, cov_diag, values)
+  dtype = compute_dtype(loc, cov_factor, cov_diag, values)
   loc, cov_factor, cov_diag, values = (
       jnp.asarray(x, dtype) for x in (loc, cov_factor, cov_diag, values))
   mask = jnp.asarray(mask, bool)
@@ -450,7 +445,7 @@ def sequential_conditional_means(loc: Array, cov_factor: Array,
     raise ValueError('edits is empty.')
   masks = jnp.stack([jnp.asarray(m, bool) for m, _ in edits])  # (n, S)
   values = jnp.stack([jnp.asarray(v) for _, v in edits])  # (n, S)
-  values = values.astype(_float_dtype(loc, values))
+  values = values.astype(compute_dtype(loc, values))
 
   def step(carry, edit):
     union, merged = carry
@@ -552,7 +547,7 @@ def pca_fit(data: Array, rank: int) -> PCAFit:
     raise ValueError(
         f'rank must satisfy 1 <= rank < S and rank <= N; got rank={rank} '
         f'for data {data.shape}.')
-  data = jnp.asarray(data, _float_dtype(data))
+  data = jnp.asarray(data, compute_dtype(data))
   mean = jnp.mean(data, 0)  # (S,)
   _, sv, vt = jnp.linalg.svd(data - mean, full_matrices=False)  # (K,), (K, S)
   eigval = jnp.square(sv) / num  # (K,)
@@ -630,46 +625,3 @@ def pca_samples(key: Array, fit: PCAFit, num: int) -> Array:
   rank = fit.variances.shape[0]
   z = jax.random.normal(key, (num, rank), fit.mean.dtype)
   return fit.mean + (z * jnp.sqrt(fit.variances)) @ fit.components.T
-
-
-def fit_lowrank_observation_model(data: Array, rank: int, *, steps: int = 2000,
-                                  learning_rate: float = 0.02, seed: int = 0,
-                                  isotropic: bool = True) -> dict[str, Array]:
-  """The model without deep learning (sosvae_tmlr2022.txt section 4.5).
-
-  mu, P and the diagonal of N(mu, P P^T + D) are learned directly by Adam on
-  the average log-likelihood of data [N, S] (full batch, cosine-decayed
-  rate). With an isotropic D = sigma^2 I this is probabilistic PCA, whose
-  maximum is known in closed form (`ppca_max_likelihood`): the fit should
-  reach it.
-
-  Returns:
-    {'loc' [S], 'cov_factor' [S, R], 'cov_diag' [S], 'log_likelihood' [steps]
-    (the average log-likelihood before each step)}.
-  """
-  import optax  # pylint: disable=g-import-not-at-top
-  data = jnp.asarray(data)
-  _, size = data.shape
-  key = jax.random.PRNGKey(seed)
-  params = {
-      'loc': jnp.mean(data, 0),
-      'cov_factor': 0.01 * jax.random.normal(key, (size, rank), data.dtype),
-      'log_diag': jnp.log(jnp.var(data)) * (jnp.ones(()) if isotropic else jnp.ones(size)),
-  }
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
-
-  def average_log_likelihood(p):
-    diag = jnp.broadcast_to(jnp.exp(p['log_diag']), (size,))
-    return jnp.mean(lowrank_log_prob(data, p['loc'], p['cov_factor'], diag))
-
-  def step(carry, _):
-    p, opt_state = carry
-    value, grads = jax.value_and_grad(lambda q: -average_log_likelihood(q))(p)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), -value
-
-  (params, _), history = jax.jit(
-      lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(params)
-  return {'loc': params['loc'], 'cov_factor': params['cov_factor'],
-          'cov_diag': jnp.broadcast_to(jnp.exp(params['log_diag']), (size,)),
-          'log_likelihood': history}

@@ -14,20 +14,21 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import default
-from sosvae_jax import lagrangian
+from sosvae_jax import checkpoints
+from sosvae_jax import plotting
 from sosvae_jax import train
 from sosvae_jax.evaluation import classifier
 from sosvae_jax.evaluation import evaluate
 from sosvae_jax.evaluation import report
-from sosvae_jax.models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 48
 # A tiny evaluation; both runs share one cached classifier.
 TINY = dict(num_samples=24, iwae_k=4, iwae_chunk=4, batch_size=16, mi_examples=20,
             mi_samples=2, gmm_examples=40, coherence_examples=24)
-CLI_FLAGS = ['--num_samples=24', '--iwae_k=4', '--iwae_chunk=4', '--eval_batch_size=16',
-             '--mi_examples=20', '--classifier_steps=5']
+CLI_FLAGS = ['--config=experiments/configs/default.py', '--config.evaluation.iwae_k=4',
+             '--config.evaluation.iwae_chunk=4', '--config.evaluation.batch_size=16',
+             '--config.evaluation.mi_examples=20', '--config.evaluation.classifier.num_steps=5']
 
 
 def _untrained_run(workdir, config):
@@ -36,48 +37,43 @@ def _untrained_run(workdir, config):
   Evaluation only needs a restorable run; training it first would triple this
   file's run time on CPU and test nothing more here (test_main trains).
   """
-  model = build_model(config)
-  tx = train.make_optimizer(config)
-  constraints = lagrangian.constraints_from_config(config.constraints)
-  mtx = lagrangian.multiplier_optimizer(lagrangian.multiplier_learning_rates(
-      config.constraints, config.multiplier_learning_rate))
-  state = train.create_train_state(config, model, tx, mtx, constraints)
+  state = train.setup(config).state
   os.makedirs(workdir)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  manager = train.checkpoint_manager(str(workdir), config)
-  assert train.save_checkpoint(manager, state, 0)
+  manager = checkpoints.checkpoint_manager(str(workdir), config)
+  assert checkpoints.save_checkpoint(manager, state, 0)
   manager.wait_until_finished()
   manager.close()
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """A run evaluated with the prior and a copy evaluated with the GMM sampler."""
+  """A run evaluated with the prior; a copy of it then evaluated with the GMM sampler."""
   root = tmp_path_factory.mktemp('eval')
   prior_dir, gmm_dir, cache = root / 'sos_prior', root / 'sos_gmm', root / 'classifiers'
   config = default.get_config('smoke')
   config.data.source = 'tfds'
   _untrained_run(prior_dir, config)
-  shutil.copytree(prior_dir, gmm_dir)
   settings = dict(classifier_cache_dir=str(cache),
                   classifier=classifier.ClassifierSettings(num_steps=5), **TINY)
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
     evaluate.evaluate_and_write(str(prior_dir), **settings)
+    shutil.copytree(prior_dir, gmm_dir)  # with the prior's evaluation
     gmm_results = evaluate.evaluate_and_write(str(gmm_dir), sampler='gmm',
                                               gmm_components=3, **settings)
   return prior_dir, gmm_dir, gmm_results
 
 
 def test_cli_flags_reach_the_evaluation(runs, tmp_path):
-  """--mode=evaluate builds its settings from every flag; bad ones exit 2 with one line.
+  """--mode=evaluate reads config.evaluation overrides; bad ones exit 2 with one line.
 
   (The evaluation itself is the fixture's; a second full run in a subprocess
   would double this file's time.)
   """
   prior_dir, _, _ = runs
   cmd = [sys.executable, '-m', 'experiments.main', '--mode=evaluate',
-         f'--workdir={prior_dir}', *CLI_FLAGS, '--num_samples=1',
-         f'--inception_weights={tmp_path / "missing.npz"}']
+         f'--workdir={prior_dir}', *CLI_FLAGS, '--config.evaluation.num_samples=1',
+         f'--config.evaluation.inception_weights={tmp_path / "missing.npz"}']
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert result.returncode == 2, result.stderr[-3000:]
@@ -129,16 +125,37 @@ def test_report_combines_runs(runs, tmp_path):
   assert 'classifier FID means' in markdown and 'classifier FID samples' in markdown
   assert 'DIFFERENT feature classifiers' not in markdown
   image = np.asarray(Image.open(paths['png']))
-  panel = np.asarray(Image.open(prior_dir / 'eval' / 'samples.png'))
-  # Two panels side by side: the first has row labels, the second does not.
+  # Two runs side by side, each its images wrapped into labelled rows of
+  # SAMPLE_COLUMNS (a mean row above its sample row).
+  with np.load(prior_dir / 'eval' / 'samples.npz') as data:
+    num, height, width = data['means'].shape[:3]
+  panel = plotting.grid([np.zeros((report.SAMPLE_COLUMNS, height, width, 3))] *
+                        (2 * -(-num // report.SAMPLE_COLUMNS)), ['mean'])
   assert image.shape[0] == panel.shape[0] + report.TITLE_HEIGHT
-  assert image.shape[1] > panel.shape[1]
+  assert image.shape[1] == 2 * (panel.shape[1] + report.GAP)
+
+
+def test_samples_figure_fits_readme_width(tmp_path):
+  """Six runs of ten 28x28 images: a grid about 800 pixels wide, not a strip."""
+  rng = np.random.default_rng(0)
+  workdirs = []
+  for i in range(6):
+    eval_dir = tmp_path / f'run{i}' / 'eval'
+    eval_dir.mkdir(parents=True)
+    np.savez(eval_dir / 'samples.npz', means=rng.uniform(size=(10, 28, 28, 1)),
+             samples=rng.uniform(size=(10, 28, 28, 1)))
+    workdirs.append(str(tmp_path / f'run{i}'))
+  image = report.samples_figure(workdirs, report.run_names(workdirs))
+  height, width = image.shape[:2]
+  assert width <= 900 and height <= 2 * width, image.shape
 
 
 def test_bits_per_dim_known_answers():
   num_dims = 784
   assert evaluate.bits_per_dim(-3 * num_dims * math.log(2), num_dims, True) == pytest.approx(3)
-  assert evaluate.bits_per_dim(-3 * num_dims * math.log(2), num_dims, False) == pytest.approx(11)
+  # A density adds log2(255): bins of width 1/255 around each level k / 255.
+  assert evaluate.bits_per_dim(-3 * num_dims * math.log(2), num_dims, False) == pytest.approx(
+      3 + math.log2(255))
 
 
 def test_bad_requests_are_explained(runs, tmp_path):
@@ -149,3 +166,44 @@ def test_bad_requests_are_explained(runs, tmp_path):
     evaluate.evaluate_run(str(prior_dir), num_samples=1)
   with pytest.raises(FileNotFoundError, match='--mode=evaluate'):
     report.write_report([str(prior_dir), str(tmp_path)], str(tmp_path / 'r'))
+
+
+def test_gmm_evaluation_keeps_the_prior_results(runs, tmp_path):
+  prior_dir, gmm_dir, gmm_results = runs
+  prior = json.loads((prior_dir / 'eval' / 'results.json').read_text())
+  # gmm_dir was evaluated with the prior, then with the mixture: both are kept.
+  assert json.loads((gmm_dir / 'eval' / 'results_prior.json').read_text()) == prior
+  assert json.loads((gmm_dir / 'eval' / 'results_gmm.json').read_text())['sampler'] == 'gmm'
+  assert json.loads((gmm_dir / 'eval' / 'results.json').read_text())['sampler'] == 'gmm'
+  for sampler in ('prior', 'gmm'):
+    paths = report.write_report([str(gmm_dir)], str(tmp_path / sampler), sampler=sampler)
+    row = next(line for line in pathlib.Path(paths['markdown']).read_text().splitlines()
+               if line.startswith('| sos_gmm'))
+    assert row.split('|')[3].strip() == sampler
+    with np.load(gmm_dir / 'eval' / f'samples_{sampler}.npz') as data:
+      assert data['samples'].shape[0] > 0
+  # A sampler the run was never evaluated with: one message naming the command.
+  with pytest.raises(FileNotFoundError, match='evaluation.sampler=gmm'):
+    report.write_report([str(prior_dir)], str(tmp_path / 'none'), sampler='gmm')
+
+
+def test_tensorboard_gets_results_and_hparams(runs):
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  _, gmm_dir, gmm_results = runs
+  events = []
+  for path in sorted((gmm_dir / 'tensorboard').glob('**/events.*')):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):  # TFRecord: length, crc, event, crc
+      length = int.from_bytes(data[pos:pos + 8], 'little')
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  scalars = {v.tag: v.simple_value for e in events for v in e.summary.value
+             if v.HasField('simple_value')}
+  for sampler in ('prior', 'gmm'):  # both evaluations of the workdir
+    assert f'eval/{sampler}/elbo' in scalars and f'eval/{sampler}/fid_classifier_samples' in scalars
+  assert scalars['eval/gmm/elbo'] == pytest.approx(gmm_results['metrics']['elbo'], rel=1e-6)
+  plugin = [v for e in events for v in e.summary.value
+            if v.metadata.plugin_data.plugin_name == 'hparams']
+  assert plugin
+  content = b''.join(v.metadata.plugin_data.content for v in plugin)
+  assert b'likelihood.name' in content and b'lowrank_gaussian' in content

@@ -36,7 +36,7 @@ def test_split_subfolders_load_in_sorted_order(tmp_path):
     assert source[i].dtype == np.uint8
     np.testing.assert_array_equal(source[i], train[i])
   eval_source = input_pipeline.get_source(_folder_cfg(tmp_path), 'eval')
-  np.testing.assert_array_equal(input_pipeline.eval_images(eval_source, 5), np.stack(test))
+  np.testing.assert_array_equal(input_pipeline.first_images(eval_source, 5), np.stack(test))
   batch = next(input_pipeline.train_batches(source, 2, seed=0, num_threads=1))
   assert batch.shape == (2,) + SHAPE
 

@@ -36,3 +36,17 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
                for out in cell.get('outputs', [])
                if 'image/png' in out.get('data', {}))
   assert images >= 1, f'{path.name} showed no picture'
+  # Smoke runs lived in a temporary folder, which the last cell removed.
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith('sosvae_')]
+  # Training shows its progress lines under the cell that trains.
+  stderr = '\n'.join(out.get('text', '') for cell in nb.cells if cell.cell_type == 'code'
+                     for out in cell.get('outputs', []) if out.get('name') == 'stderr')
+  assert 'Training ' in stderr and 'step 6/6' in stderr, stderr[-2000:]
+  assert 'Unable to initialize backend' not in stderr
+
+
+def test_notebooks_document_their_settings():
+  for path in NOTEBOOKS:
+    settings = nbformat.read(path, as_version=4).cells[1].source
+    for name in ('SOSVAE_WORKDIR', 'SOSVAE_BETA_WORKDIR', 'SOSVAE_NOTEBOOK_SMOKE'):
+      assert name in settings, (path.name, name)

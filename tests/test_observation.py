@@ -10,7 +10,6 @@ from hypothesis import strategies as hst
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import scipy.stats
 
@@ -509,38 +508,6 @@ def test_ppca_closed_form_is_a_maximum():
       assert _ppca_ll(data, *perturbed) < best
 
 
-def test_ppca_gradient_fit_reaches_closed_form():
-  rng = np.random.default_rng(52)
-  data = _ppca_data(rng)
-  mu, factor, sigma2 = observation.ppca_max_likelihood(data, 3)
-  best = float(_ppca_ll(data, mu, factor, sigma2))
-
-  params = {'mu': jnp.zeros(12), 'factor': jnp.asarray(0.3 * rng.normal(
-      size=(12, 3))), 'log_sigma2': jnp.zeros(())}
-  optimizer = optax.adam(optax.cosine_decay_schedule(0.3, 500, alpha=1e-3))
-
-  def loss(p):
-    return -observation.ppca_log_likelihood(data, p['mu'], p['factor'],
-                                            jnp.exp(p['log_sigma2']))
-
-  @jax.jit
-  def fit(params):
-    def step(carry, _):
-      params, state = carry
-      grads = jax.grad(loss)(params)
-      updates, state = optimizer.update(grads, state)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)),
-                                  None, length=500)
-    return params
-
-  fitted = fit(params)
-  fitted_ll = -float(loss(fitted))
-  assert fitted_ll <= best + 1e-9
-  assert best - fitted_ll < 1e-4, (best, fitted_ll)
-
-
 def test_pca_reconstruction_and_samples():
   rng = np.random.default_rng(53)
   data = _ppca_data(rng, 50, 12, 3)
@@ -558,19 +525,3 @@ def test_pca_reconstruction_and_samples():
                              atol=1e-10)  # in the principal subspace
   with pytest.raises(ValueError, match='rank'):
     observation.pca_fit(data, 12)
-
-
-def test_model_without_deep_learning_reaches_ppca_maximum():
-  """Section 4.5: mu, P, sigma^2 learned by Adam reach the closed-form PPCA."""
-  from sosvae_jax import observation
-  rng = np.random.default_rng(11)
-  data = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 10)) * 0.5
-          + 0.1 * rng.normal(size=(300, 10)) + 0.3).astype(np.float32)
-  fit = observation.fit_lowrank_observation_model(data, 3, steps=1500, learning_rate=0.05)
-  mu, factor, sigma2 = observation.ppca_max_likelihood(data, 3)
-  closed = float(observation.ppca_log_likelihood(data, mu, factor, sigma2))
-  trained = float(observation.ppca_log_likelihood(data, fit['loc'], fit['cov_factor'],
-                                                  fit['cov_diag'][0]))
-  assert trained <= closed + 1e-3  # the closed form is the maximum
-  assert trained == pytest.approx(closed, abs=2e-3)
-  np.testing.assert_allclose(float(fit['cov_diag'][0]), float(sigma2), rtol=2e-2)

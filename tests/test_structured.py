@@ -13,7 +13,9 @@ import pytest
 import scipy.linalg
 import scipy.stats
 
+from sosvae_jax.distributions import colour
 from sosvae_jax.distributions import structured
+from sosvae_jax.distributions import structured_ycbcr
 
 _H, _W = 5, 6  # big enough for a 5x5 kernel with dilation 2 to reach inside
 _BATCHES = [(), (3,), (2, 2)]
@@ -380,19 +382,19 @@ def _ycbcr_matrix() -> np.ndarray:
 
 def test_ycbcr_round_trip_and_jfif_table():
   rgb = np.random.default_rng(14).uniform(size=(2, 4, 6, 3))
-  ycc = jax.jit(structured.rgb_to_ycbcr)(rgb)
-  np.testing.assert_allclose(jax.jit(structured.ycbcr_to_rgb)(ycc), rgb,
+  ycc = jax.jit(colour.rgb_to_ycbcr)(rgb)
+  np.testing.assert_allclose(jax.jit(colour.ycbcr_to_rgb)(ycc), rgb,
                              rtol=0, atol=1e-14)
   # The JFIF table of BT.601 full range, published to 6 decimals.
   jfif = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
                    [0.5, -0.418688, -0.081312]])
   np.testing.assert_allclose(ycc, rgb @ jfif.T + [0, 0.5, 0.5], atol=2e-6)
   rgb32 = rgb.astype(np.float32)
-  back32 = jax.jit(lambda x: structured.ycbcr_to_rgb(
-      structured.rgb_to_ycbcr(x)))(rgb32)
+  back32 = jax.jit(lambda x: colour.ycbcr_to_rgb(
+      colour.rgb_to_ycbcr(x)))(rgb32)
   assert back32.dtype == jnp.float32
   np.testing.assert_allclose(back32, rgb32, atol=1e-6)
-  assert structured.YCBCR_LOG_ABS_DET == pytest.approx(
+  assert colour.YCBCR_LOG_ABS_DET == pytest.approx(
       np.linalg.slogdet(jfif)[1], abs=1e-5)
 
 
@@ -413,7 +415,7 @@ def test_ycbcr_log_prob_pooled_chroma():
 
   @jax.jit
   def run(rgb):
-    return structured.ycbcr_log_prob(
+    return structured_ycbcr.ycbcr_log_prob(
         rgb, _make(loc, log_diag, off_diag, k, d), c_loc, c_ls,
         factor=factor)
 
@@ -433,7 +435,7 @@ def test_ycbcr_log_prob_pooled_chroma():
 def test_ycbcr_log_prob_in_rgb_space_is_a_dense_rgb_gaussian():
   """factor 1, space='rgb': the implied 3S-dim Gaussian on RGB pixels."""
   k, d, loc, log_diag, off_diag, c_loc, c_ls, rgb = _colour_case(1)
-  lp = jax.jit(lambda rgb: structured.ycbcr_log_prob(
+  lp = jax.jit(lambda rgb: structured_ycbcr.ycbcr_log_prob(
       rgb, _make(loc, log_diag, off_diag, k, d), c_loc, c_ls, factor=1,
       space='rgb'))(rgb)
   _, cov_y = _dense_batch(log_diag, off_diag, k, d)
@@ -453,7 +455,7 @@ def test_ycbcr_log_prob_in_rgb_space_is_a_dense_rgb_gaussian():
                                           a_inv @ cov_t @ a_inv.T)
     np.testing.assert_allclose(lp[b], mvn.logpdf(rgb[b].ravel()), rtol=1e-9)
   with pytest.raises(ValueError, match='factor=1'):
-    structured.ycbcr_log_prob(rgb, _make(loc, log_diag, off_diag, k, d),
+    structured_ycbcr.ycbcr_log_prob(rgb, _make(loc, log_diag, off_diag, k, d),
                               c_loc, c_ls, factor=2, space='rgb')
 
 
@@ -490,7 +492,7 @@ def _colour_dist(factor, *, seed=21, h=4, w=6, k=3, d=1, detail=0.05,
   loc = 0.5 + 0.1 * loc
   c_loc = rng.uniform(0.4, 0.6, size=(2, h // factor, w // factor, 2))
   c_ls = rng.uniform(-3, -1, size=c_loc.shape)
-  dist = structured.StructuredYCbCrNormal(
+  dist = structured_ycbcr.StructuredYCbCrNormal(
       _make(loc, log_diag, off_diag, k, d), c_loc, c_ls, factor=factor,
       detail_scale=detail)
   return dist, (loc, log_diag, off_diag, c_loc, c_ls)
@@ -550,10 +552,10 @@ def test_ycbcr_normal_is_a_dense_rgb_gaussian(factor, k, d):
     np.testing.assert_allclose(np.asarray(var[b]).ravel(),
                                np.diagonal(covs[b]), rtol=1e-10)
   # The paper's bound term is the YCbCr-space density of the pooled target.
-  np.testing.assert_allclose(paper, structured.ycbcr_log_prob(
+  np.testing.assert_allclose(paper, structured_ycbcr.ycbcr_log_prob(
       rgb, dist.luma, params[3], params[4], factor=factor), rtol=1e-13)
   if factor == 1:  # no detail term: exactly the RGB-space paper model
-    np.testing.assert_allclose(lp, structured.ycbcr_log_prob(
+    np.testing.assert_allclose(lp, structured_ycbcr.ycbcr_log_prob(
         rgb, dist.luma, params[3], params[4], factor=1, space='rgb'),
                                rtol=1e-13)
 
@@ -565,7 +567,7 @@ def test_ycbcr_normal_ill_conditioned():
                               spread=2.5, seed=23)
   loc, log_diag, off_diag, c_loc, _ = params
   c_ls = np.full(c_loc.shape, math.log(1e-3))
-  dist = structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls,
+  dist = structured_ycbcr.StructuredYCbCrNormal(dist.luma, c_loc, c_ls,
                                           factor=factor, detail_scale=detail)
   means, covs = _dense_rgb_gaussian((loc, log_diag, off_diag, c_loc, c_ls),
                                     factor, k, d, detail)
@@ -623,9 +625,9 @@ def test_ycbcr_normal_sample_covariance_matches_dense():
 def test_ycbcr_normal_checks_parameters():
   dist, (_, _, _, c_loc, c_ls) = _colour_dist(2)
   with pytest.raises(ValueError, match='must divide'):
-    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=4)
+    structured_ycbcr.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=4)
   with pytest.raises(ValueError, match=r'chroma_loc must be \[\.\.\., H/f'):
-    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=1)
+    structured_ycbcr.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=1)
   with pytest.raises(ValueError, match='detail_scale must be > 0'):
-    structured.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=2,
+    structured_ycbcr.StructuredYCbCrNormal(dist.luma, c_loc, c_ls, factor=2,
                                      detail_scale=0.0)

@@ -1,15 +1,17 @@
 """Image decoders for 8-bit data: Bernoulli, categorical, bitwise, logistic mixture, Student-t."""
 
 import math
-from typing import Tuple, Union
 
 import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sosvae_jax.distributions.numerics import bits_per_dim
+from sosvae_jax.distributions.numerics import softclip
+
 Array = jax.Array
-ArrayLike = Union[jax.Array, np.ndarray, float]
+ArrayLike = jax.Array | np.ndarray | float
 PRNGKey = jax.Array
 
 NUM_LEVELS = 256  # 8-bit intensities k in 0..255, observed as x = k / 255.
@@ -27,82 +29,80 @@ MIN_LOG_SCALE = -8.0
 
 
 def image_to_levels(x: ArrayLike) -> Array:
-    """Integer intensity levels of an 8-bit image.
+  """Integer intensity levels of an 8-bit image.
 
-    Args:
-        x: [..., H, W, C] floats k / 255 in [0, 1], or integers (e.g. uint8) k.
+  Args:
+    x: [..., H, W, C] floats k / 255 in [0, 1], or integers (e.g. uint8) k.
 
-    Returns:
-        [..., H, W, C] int32 levels k in 0..255.
-    """
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.integer):
-        return jnp.clip(x.astype(jnp.int32), 0, NUM_LEVELS - 1)
-    # Round rather than floor: k / 255 * 255 can land just below k in float32.
-    levels = jnp.round(x * (NUM_LEVELS - 1)).astype(jnp.int32)
-    return jnp.clip(levels, 0, NUM_LEVELS - 1)
+  Returns:
+    [..., H, W, C] int32 levels k in 0..255.
+  """
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return jnp.clip(x.astype(jnp.int32), 0, NUM_LEVELS - 1)
+  # Round rather than floor: k / 255 * 255 can land just below k in float32.
+  levels = jnp.round(x * (NUM_LEVELS - 1)).astype(jnp.int32)
+  return jnp.clip(levels, 0, NUM_LEVELS - 1)
 
 
 def levels_to_image(levels: Array) -> Array:
-    """[..., H, W, C] integer levels -> [..., H, W, C] float32 k / 255."""
-    return levels.astype(jnp.float32) / (NUM_LEVELS - 1)
+  """[..., H, W, C] integer levels -> [..., H, W, C] float32 k / 255."""
+  return levels.astype(jnp.float32) / (NUM_LEVELS - 1)
 
 
 def image_to_intensity(x: ArrayLike) -> Array:
-    """[..., H, W, C] floats in [0, 1] or uint8 -> float intensities in [0, 1]."""
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.integer):
-        return levels_to_image(x)
-    return x
+  """[..., H, W, C] floats in [0, 1] or uint8 -> float intensities in [0, 1]."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return levels_to_image(x)
+  return x
 
 
 def quantize_image(x: Array) -> Array:
-    """[..., H, W, C] real values -> nearest k / 255 in [0, 1] (for display)."""
-    return levels_to_image(image_to_levels(jnp.clip(x, 0.0, 1.0)))
+  """[..., H, W, C] real values -> nearest k / 255 in [0, 1] (for display)."""
+  return levels_to_image(image_to_levels(jnp.clip(x, 0.0, 1.0)))
 
 
 def levels_to_bits(levels: Array) -> Array:
-    """[...] int levels -> [..., 8] bits in {0, 1}, most significant first."""
-    shifts = jnp.arange(NUM_BITS - 1, -1, -1, dtype=jnp.int32)  # (8,) 7..0
-    return (levels[..., None] >> shifts) & 1
+  """[...] int levels -> [..., 8] bits in {0, 1}, most significant first."""
+  shifts = jnp.arange(NUM_BITS - 1, -1, -1, dtype=jnp.int32)  # (8,) 7..0
+  return (levels[..., None] >> shifts) & 1
 
 
 def bits_to_levels(bits: Array) -> Array:
-    """[..., 8] bits, most significant first -> [...] int32 levels."""
-    weights = 2 ** jnp.arange(NUM_BITS - 1, -1, -1, dtype=jnp.int32)  # (8,)
-    return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
+  """[..., 8] bits, most significant first -> [...] int32 levels."""
+  weights = 2 ** jnp.arange(NUM_BITS - 1, -1, -1, dtype=jnp.int32)  # (8,)
+  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
 
 
-def bits_per_dim(log_prob_nats: ArrayLike, num_dims: int) -> Array:
-    """Bits per dimension of a summed log-likelihood.
+def density_bits_per_dim(log_density_nats: ArrayLike, num_dims: int) -> Array:
+  """Bits per dimension of a continuous density on data k / 255, as a mass.
 
-    Args:
-        log_prob_nats: [B] (or any shape) log p(x) in nats, summed over the event.
-        num_dims: number of dimensions of the event, e.g. H * W * C.
+  One convention with the discrete decoders: level k owns the bin of width
+  1/255 centred on k / 255 (discretized_logistic_log_prob's bins), and a
+  density flat within each bin gives it mass p(k / 255) / 255. So
+  bpd = -log2 p / S + log2(255); a density uniform over the 256 bins (256/255
+  wide) reports exactly 8 bits. Meaningless when the density is not flat
+  within a bin (variances below the bin width): compare such runs in nats.
 
-    Returns:
-        [B] -log p(x) / (num_dims * ln 2).
-    """
-    return -jnp.asarray(log_prob_nats) / (num_dims * math.log(2.0))
+  Args:
+    log_density_nats: [B] (or any shape) log p(x) in nats, summed over the event.
+    num_dims: number of dimensions of the event, e.g. H * W * C.
 
-
-def soft_clip_below(x: Array, minimum: float) -> Array:
-    """Smooth lower bound: minimum + softplus(x - minimum).
-
-    rybkin2021_sigma_vae_calibrated_decoders.txt section 3.1: soft clipping keeps
-    gradients alive where a hard clip would zero them.
-    """
-    return minimum + jax.nn.softplus(x - minimum)
+  Returns:
+    [B] bits per dimension of the implied mass over 8-bit levels.
+  """
+  return bits_per_dim(log_density_nats, num_dims) + math.log2(NUM_LEVELS - 1)
 
 
 def _sum_event(per_subpixel: Array) -> Array:
-    """[..., H, W, C] -> [...].
+  """[..., H, W, C] -> [...].
 
-    Sums, never means: averaging silently reweights the KL term
-    (rybkin2021_sigma_vae_calibrated_decoders.txt section 3.1, "Loss
-    implementation details").
-    """
-    return jnp.sum(per_subpixel, axis=(-3, -2, -1))
+  Sums, never means: averaging silently reweights the KL term
+  (rybkin2021_sigma_vae_calibrated_decoders.txt section 3.1, "Loss
+  implementation details").
+  """
+  return jnp.sum(per_subpixel, axis=(-3, -2, -1))
 
 
 # ---------------------------------------------------------------------------
@@ -111,148 +111,152 @@ def _sum_event(per_subpixel: Array) -> Array:
 
 
 def bernoulli_intensity_log_prob(logits: Array, x: Array) -> Array:
-    """Continuous-intensity Bernoulli cross-entropy, per subpixel.
+  """Continuous-intensity Bernoulli cross-entropy, per subpixel.
 
-    log p = x log sigmoid(l) + (1 - x) log sigmoid(-l), with x in [0, 1] used
-    as a soft label. For non-binary x this is not a normalised density (as in
-    the "Bernoulli VAE" row of rybkin2021_sigma_vae_calibrated_decoders.txt
-    Table 2, after Gregor et al. 2015).
+  log p = x log sigmoid(l) + (1 - x) log sigmoid(-l), with x in [0, 1] used
+  as a soft label. For non-binary x this is not a normalised density (as in
+  the "Bernoulli VAE" row of rybkin2021_sigma_vae_calibrated_decoders.txt
+  Table 2, after Gregor et al. 2015).
 
-    Args:
-        logits: [..., H, W, C].
-        x: [..., H, W, C] intensities in [0, 1].
+  Args:
+    logits: [..., H, W, C].
+    x: [..., H, W, C] intensities in [0, 1].
 
-    Returns:
-        [..., H, W, C] log-probabilities (not summed).
-    """
-    return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
+  Returns:
+    [..., H, W, C] log-probabilities (not summed).
+  """
+  return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
 
 
 def categorical_log_prob(logits: Array, levels: Array) -> Array:
-    """256-way categorical log-probability, per subpixel.
+  """256-way categorical log-probability, per subpixel.
 
-    rybkin2021_sigma_vae_calibrated_decoders.txt section 3.2: a soft-max over
-    the 256 intensities, i.e. the per-subpixel cross-entropy.
+  rybkin2021_sigma_vae_calibrated_decoders.txt section 3.2: a soft-max over
+  the 256 intensities, i.e. the per-subpixel cross-entropy.
 
-    Args:
-        logits: [..., H, W, C, 256].
-        levels: [..., H, W, C] int levels in 0..255.
+  Args:
+    logits: [..., H, W, C, 256].
+    levels: [..., H, W, C] int levels in 0..255.
 
-    Returns:
-        [..., H, W, C] log-probabilities (not summed).
-    """
-    shape = jnp.broadcast_shapes(levels.shape, logits.shape[:-1])
-    logits = jnp.broadcast_to(logits, shape + logits.shape[-1:])
-    levels = jnp.broadcast_to(levels, shape)
-    picked = jnp.take_along_axis(logits, levels[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+  Returns:
+    [..., H, W, C] log-probabilities (not summed).
+  """
+  shape = jnp.broadcast_shapes(levels.shape, logits.shape[:-1])
+  logits = jnp.broadcast_to(logits, shape + logits.shape[-1:])
+  levels = jnp.broadcast_to(levels, shape)
+  picked = jnp.take_along_axis(logits, levels[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def bitwise_log_prob(logits: Array, levels: Array) -> Array:
-    """Bitwise-categorical log-probability, per subpixel.
+  """Bitwise-categorical log-probability, per subpixel.
 
-    Each level is written as 8 bits, most significant first, each an
-    independent Bernoulli with its own logit; this is normalised over the 256
-    levels (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
+  Each level is written as 8 bits, most significant first, each an
+  independent Bernoulli with its own logit; this is normalised over the 256
+  levels (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
 
-    Args:
-        logits: [..., H, W, C, 8], logits[..., 0] for the bit of weight 128.
-        levels: [..., H, W, C] int levels in 0..255.
+  Args:
+    logits: [..., H, W, C, 8], logits[..., 0] for the bit of weight 128.
+    levels: [..., H, W, C] int levels in 0..255.
 
-    Returns:
-        [..., H, W, C] log-probabilities (not summed).
-    """
-    bits = levels_to_bits(levels).astype(logits.dtype)  # (..., H, W, C, 8)
-    per_bit = bits * jax.nn.log_sigmoid(logits) + (1.0 - bits) * jax.nn.log_sigmoid(-logits)
-    return jnp.sum(per_bit, axis=-1)
+  Returns:
+    [..., H, W, C] log-probabilities (not summed).
+  """
+  bits = levels_to_bits(levels).astype(logits.dtype)  # (..., H, W, C, 8)
+  per_bit = bits * jax.nn.log_sigmoid(logits) + (1.0 - bits) * jax.nn.log_sigmoid(-logits)
+  return jnp.sum(per_bit, axis=-1)
 
 
 def _log_sigmoid_difference(upper: Array, lower: Array, width: Array) -> Array:
-    """log(sigmoid(upper) - sigmoid(lower)) without cancellation.
+  """log(sigmoid(upper) - sigmoid(lower)) without cancellation.
 
-    Uses sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-(a - b))),
-    whose logs are stable in both tails. `width` = upper - lower > 0 is passed
-    separately because subtracting two large standardised edges loses it.
-    """
-    return (jax.nn.log_sigmoid(upper) + jax.nn.log_sigmoid(-lower)
-            + jnp.log(-jnp.expm1(-width)))
+  Uses sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-(a - b))),
+  whose logs are stable in both tails. `width` = upper - lower > 0 is passed
+  separately because subtracting two large standardised edges loses it.
+  """
+  return (jax.nn.log_sigmoid(upper) + jax.nn.log_sigmoid(-lower)
+          + jnp.log(-jnp.expm1(-width)))
 
 
 def discretized_logistic_log_prob(means: Array, log_scales: Array, levels: Array) -> Array:
-    """Discretized logistic log-mass of each level, per component.
+  """Discretized logistic log-mass of each level, per component.
 
-    Bins of width 1/255 centred on k / 255, the first bin open to -inf and the
-    last to +inf (PixelCNN++ after Salimans et al. 2017, rescaled to [0, 1];
-    rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
+  Bins of width 1/255 centred on k / 255, the first bin open to -inf and the
+  last to +inf (PixelCNN++ after Salimans et al. 2017, rescaled to [0, 1];
+  rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
 
-    Args:
-        means: [..., K] logistic locations in intensity units.
-        log_scales: [..., K] log-scales, already clipped.
-        levels: [...] int levels in 0..255, broadcast against the K axis.
+  Args:
+    means: [..., K] logistic locations in intensity units.
+    log_scales: [..., K] log-scales, already clipped.
+    levels: [...] int levels in 0..255, broadcast against the K axis.
 
-    Returns:
-        [..., K] log-masses.
-    """
-    levels = levels[..., None]  # (..., 1)
-    k = levels.astype(means.dtype)
-    inv_scale = jnp.exp(-log_scales)
-    # Edges as (k +- 1/2) / 255, so that bin k's upper edge and bin k+1's lower
-    # edge are the same float and the masses telescope to one even when a
-    # scale at the floor magnifies rounding errors 3000-fold.
-    upper = ((k + 0.5) / (NUM_LEVELS - 1) - means) * inv_scale  # (..., K)
-    lower = ((k - 0.5) / (NUM_LEVELS - 1) - means) * inv_scale
-    interior = _log_sigmoid_difference(upper, lower, inv_scale / (NUM_LEVELS - 1))
-    first = jax.nn.log_sigmoid(upper)  # log CDF(upper edge of bin 0)
-    last = jax.nn.log_sigmoid(-lower)  # log survival(lower edge of bin 255)
-    return jnp.where(levels == 0, first, jnp.where(levels == NUM_LEVELS - 1, last, interior))
+  Returns:
+    [..., K] log-masses.
+  """
+  levels = levels[..., None]  # (..., 1)
+  k = levels.astype(means.dtype)
+  inv_scale = jnp.exp(-log_scales)
+  # Edges as (k +- 1/2) / 255, so that bin k's upper edge and bin k+1's lower
+  # edge are the same float and the masses telescope to one even when a
+  # scale at the floor magnifies rounding errors 3000-fold.
+  upper = ((k + 0.5) / (NUM_LEVELS - 1) - means) * inv_scale  # (..., K)
+  lower = ((k - 0.5) / (NUM_LEVELS - 1) - means) * inv_scale
+  interior = _log_sigmoid_difference(upper, lower, inv_scale / (NUM_LEVELS - 1))
+  first = jax.nn.log_sigmoid(upper)  # log CDF(upper edge of bin 0)
+  last = jax.nn.log_sigmoid(-lower)  # log survival(lower edge of bin 255)
+  return jnp.where(levels == 0, first, jnp.where(levels == NUM_LEVELS - 1, last, interior))
 
 
 def logistic_mixture_log_prob(
-        logit_weights: Array,
-        means: Array,
-        log_scales: Array,
-        levels: Array,
-        *,
-        min_log_scale: float = MIN_LOG_SCALE,
-) -> Array:
-    """Mixture of K discretized logistics, per subpixel, no channel coupling.
+    logit_weights: Array,
+    means: Array,
+    log_scales: Array,
+    levels: Array,
+    *,
+    min_log_scale: float = MIN_LOG_SCALE,
+    ) -> Array:
+  """Mixture of K discretized logistics, per subpixel, no channel coupling.
 
-    The PixelCNN++ channel-autoregressive mean coefficients are removed so the
-    latent must carry colour (rybkin2021_sigma_vae_calibrated_decoders.txt
-    appendix D): subpixels are independent given the parameters.
+  The PixelCNN++ channel-autoregressive mean coefficients are removed so the
+  latent must carry colour (rybkin2021_sigma_vae_calibrated_decoders.txt
+  appendix D): subpixels are independent given the parameters.
 
-    Args:
-        logit_weights: [..., H, W, C, K] unnormalised mixture log-weights.
-        means: [..., H, W, C, K] component locations in [0, 1] units.
-        log_scales: [..., H, W, C, K] raw log-scales, soft-clipped from below.
-        levels: [..., H, W, C] int levels in 0..255.
-        min_log_scale: soft floor of the log-scales.
+  Args:
+    logit_weights: [..., H, W, C, K] unnormalised mixture log-weights.
+    means: [..., H, W, C, K] component locations in [0, 1] units.
+    log_scales: [..., H, W, C, K] raw log-scales, soft-clipped from below.
+    levels: [..., H, W, C] int levels in 0..255.
+    min_log_scale: soft floor of the log-scales.
 
-    Returns:
-        [..., H, W, C] log-probabilities (not summed).
-    """
-    log_scales = soft_clip_below(log_scales, min_log_scale)
-    component = discretized_logistic_log_prob(means, log_scales, levels)  # (..., K)
-    return jax.nn.logsumexp(jax.nn.log_softmax(logit_weights, axis=-1) + component, axis=-1)
+  Returns:
+    [..., H, W, C] log-probabilities (not summed).
+  """
+  log_scales = softclip(log_scales, min_log_scale)
+  component = discretized_logistic_log_prob(means, log_scales, levels)  # (..., K)
+  return jax.nn.logsumexp(jax.nn.log_softmax(logit_weights, axis=-1) + component, axis=-1)
 
 
 def student_t_log_prob(loc: Array, log_scale: Array, df: Array, x: Array) -> Array:
-    """Student-t log-density, per subpixel (Takahashi et al. 2018; sigma-VAE Table 2).
+  """Student-t log-density, per subpixel (Takahashi et al. 2018; sigma-VAE Table 2).
 
-    Args:
-        loc: [..., H, W, C].
-        log_scale: [..., H, W, C].
-        df: degrees of freedom > 0, broadcastable to loc.
-        x: [..., H, W, C] intensities in [0, 1].
+  Args:
+    loc: [..., H, W, C].
+    log_scale: [..., H, W, C].
+    df: degrees of freedom > 0, broadcastable to loc.
+    x: [..., H, W, C] intensities in [0, 1].
 
-    Returns:
-        [..., H, W, C] log-densities (not summed).
-    """
-    z = (x - loc) * jnp.exp(-log_scale)
-    half_df_plus = 0.5 * (df + 1.0)
-    normaliser = (jax.scipy.special.gammaln(half_df_plus) - jax.scipy.special.gammaln(0.5 * df)
-                  - 0.5 * jnp.log(df * jnp.pi) - log_scale)
-    return normaliser - half_df_plus * jnp.log1p(jnp.square(z) / df)
+  Returns:
+    [..., H, W, C] log-densities (not summed).
+  """
+  z = (x - loc) * jnp.exp(-log_scale)
+  half_df_plus = 0.5 * (df + 1.0)
+  # log G((df + 1) / 2) - log G(df / 2) = log G(1/2) - log B(df / 2, 1/2): the
+  # two log-gammas grow like df log df and their float32 difference cancels
+  # (-7.6e-4 nats at df = 1e4); betaln carries the large-argument correction.
+  log_gamma_ratio = (jax.scipy.special.gammaln(jnp.asarray(0.5, z.dtype))
+                     - jax.scipy.special.betaln(0.5 * df, jnp.asarray(0.5, z.dtype)))
+  normaliser = log_gamma_ratio - 0.5 * jnp.log(df * jnp.pi) - log_scale
+  return normaliser - half_df_plus * jnp.log1p(jnp.square(z) / df)
 
 
 # ---------------------------------------------------------------------------
@@ -260,16 +264,16 @@ def student_t_log_prob(loc: Array, log_scale: Array, df: Array, x: Array) -> Arr
 # ---------------------------------------------------------------------------
 
 
-def _check_min_ndim(name: str, shape: Tuple[int, ...], min_ndim: int, layout: str) -> None:
-    if len(shape) < min_ndim:
-        raise ValueError(f'`{name}` must have shape {layout}, got {shape}.')
+def _check_min_ndim(name: str, shape: tuple[int, ...], min_ndim: int, layout: str) -> None:
+  if len(shape) < min_ndim:
+    raise ValueError(f'`{name}` must have shape {layout}, got {shape}.')
 
 
-def _check_value_shape(name: str, value: Array, event_shape: Tuple[int, ...]) -> None:
-    if tuple(value.shape[-EVENT_NDIM:]) != tuple(event_shape):
-        raise ValueError(
-                f'{name}.log_prob: value of shape {value.shape} does not end in the event '
-                f'shape {tuple(event_shape)}.')
+def _check_value_shape(name: str, value: Array, event_shape: tuple[int, ...]) -> None:
+  if tuple(value.shape[-EVENT_NDIM:]) != tuple(event_shape):
+    raise ValueError(
+        f'{name}.log_prob: value of shape {value.shape} does not end in the event '
+        f'shape {tuple(event_shape)}.')
 
 
 # ---------------------------------------------------------------------------
@@ -278,294 +282,294 @@ def _check_value_shape(name: str, value: Array, event_shape: Tuple[int, ...]) ->
 
 
 class BernoulliImage(distrax.Distribution):
-    """Independent Bernoulli per subpixel with continuous intensities as labels.
+  """Independent Bernoulli per subpixel with continuous intensities as labels.
 
-    log_prob treats x in [0, 1] as a soft label and sums over [H, W, C]. It is
-    not normalised for non-binary x: this is the baseline "Bernoulli VAE" of
-    rybkin2021_sigma_vae_calibrated_decoders.txt Table 2, which performs poorly
-    for that reason. Samples are binary images in {0, 1} whose mean is mean().
-    """
+  log_prob treats x in [0, 1] as a soft label and sums over [H, W, C]. It is
+  not normalised for non-binary x: this is the baseline "Bernoulli VAE" of
+  rybkin2021_sigma_vae_calibrated_decoders.txt Table 2, which performs poorly
+  for that reason. Samples are binary images in {0, 1} whose mean is mean().
+  """
 
-    def __init__(self, logits: Array):
-        """logits: [..., H, W, C]."""
-        super().__init__()
-        self._logits = jnp.asarray(logits)
-        self._check_parameters()
+  def __init__(self, logits: Array):
+    """logits: [..., H, W, C]."""
+    super().__init__()
+    self._logits = jnp.asarray(logits)
+    self._check_parameters()
 
-    def _check_parameters(self) -> None:
-        _check_min_ndim('logits', self._logits.shape, EVENT_NDIM, '[..., H, W, C]')
+  def _check_parameters(self) -> None:
+    _check_min_ndim('logits', self._logits.shape, EVENT_NDIM, '[..., H, W, C]')
 
-    @property
-    def logits(self) -> Array:
-        return self._logits
+  @property
+  def logits(self) -> Array:
+    return self._logits
 
-    @property
-    def event_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[-EVENT_NDIM:])
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    return tuple(self._logits.shape[-EVENT_NDIM:])
 
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[:-EVENT_NDIM])
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return tuple(self._logits.shape[:-EVENT_NDIM])
 
-    def log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] intensities in [0, 1] (or uint8) -> [...] summed log p."""
-        x = image_to_intensity(value)
-        _check_value_shape(self.name, x, self.event_shape)
-        return _sum_event(bernoulli_intensity_log_prob(self._logits, x))
+  def log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] intensities in [0, 1] (or uint8) -> [...] summed log p."""
+    x = image_to_intensity(value)
+    _check_value_shape(self.name, x, self.event_shape)
+    return _sum_event(bernoulli_intensity_log_prob(self._logits, x))
 
-    def mean(self) -> Array:
-        """[..., H, W, C] sigmoid(logits)."""
-        return jax.nn.sigmoid(self._logits)
+  def mean(self) -> Array:
+    """[..., H, W, C] sigmoid(logits)."""
+    return jax.nn.sigmoid(self._logits)
 
-    def _sample_n(self, key: PRNGKey, n: int) -> Array:
-        """[n, ..., H, W, C] binary float32 images."""
-        draws = jax.random.bernoulli(key, self.mean(), shape=(n,) + self._logits.shape)
-        return draws.astype(jnp.float32)
+  def _sample_n(self, key: PRNGKey, n: int) -> Array:
+    """[n, ..., H, W, C] binary float32 images."""
+    draws = jax.random.bernoulli(key, self.mean(), shape=(n,) + self._logits.shape)
+    return draws.astype(jnp.float32)
 
 
 class _LevelLogitsImage(distrax.Distribution):
-    """Shared shell of decoders with logits [..., H, W, C, K] per subpixel.
+  """Shared shell of decoders with logits [..., H, W, C, K] per subpixel.
 
-    Subclasses set `_num_logits`, `_unit` (for the error message) and
-    `_level_log_prob(logits, levels)`, the per-subpixel log p of 8-bit levels.
-    """
+  Subclasses set `_num_logits`, `_unit` (for the error message) and
+  `_level_log_prob(logits, levels)`, the per-subpixel log p of 8-bit levels.
+  """
 
-    _num_logits: int
-    _unit: str
+  _num_logits: int
+  _unit: str
 
-    def __init__(self, logits: Array):
-        super().__init__()
-        self._logits = jnp.asarray(logits)
-        self._check_parameters()
+  def __init__(self, logits: Array):
+    super().__init__()
+    self._logits = jnp.asarray(logits)
+    self._check_parameters()
 
-    def _check_parameters(self) -> None:
-        shape = self._logits.shape
-        _check_min_ndim('logits', shape, EVENT_NDIM + 1, f'[..., H, W, C, {self._num_logits}]')
-        if shape[-1] != self._num_logits:
-            raise ValueError(
-                f'`logits` must end in {self._num_logits} {self._unit}, got shape {shape}.')
+  def _check_parameters(self) -> None:
+    shape = self._logits.shape
+    _check_min_ndim('logits', shape, EVENT_NDIM + 1, f'[..., H, W, C, {self._num_logits}]')
+    if shape[-1] != self._num_logits:
+      raise ValueError(
+          f'`logits` must end in {self._num_logits} {self._unit}, got shape {shape}.')
 
-    @staticmethod
-    def _level_log_prob(logits: Array, levels: Array) -> Array:
-        raise NotImplementedError
+  @staticmethod
+  def _level_log_prob(logits: Array, levels: Array) -> Array:
+    raise NotImplementedError
 
-    @property
-    def logits(self) -> Array:
-        return self._logits
+  @property
+  def logits(self) -> Array:
+    return self._logits
 
-    @property
-    def event_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[-EVENT_NDIM - 1:-1])
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    return tuple(self._logits.shape[-EVENT_NDIM - 1:-1])
 
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self._logits.shape[:-EVENT_NDIM - 1])
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return tuple(self._logits.shape[:-EVENT_NDIM - 1])
 
-    def subpixel_log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
-        levels = image_to_levels(value)
-        _check_value_shape(self.name, levels, self.event_shape)
-        return self._level_log_prob(self._logits, levels)
+  def subpixel_log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
+    levels = image_to_levels(value)
+    _check_value_shape(self.name, levels, self.event_shape)
+    return self._level_log_prob(self._logits, levels)
 
-    def log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
-        return _sum_event(self.subpixel_log_prob(value))
+  def log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
+    return _sum_event(self.subpixel_log_prob(value))
 
 
 class CategoricalImage(_LevelLogitsImage):
-    """Independent 256-way categorical per subpixel (sigma-VAE section 3.2).
+  """Independent 256-way categorical per subpixel (sigma-VAE section 3.2).
 
-    logits: [..., H, W, C, 256].
-    """
+  logits: [..., H, W, C, 256].
+  """
 
-    _num_logits = NUM_LEVELS
-    _unit = 'levels'
-    _level_log_prob = staticmethod(categorical_log_prob)
+  _num_logits = NUM_LEVELS
+  _unit = 'levels'
+  _level_log_prob = staticmethod(categorical_log_prob)
 
-    def mean(self) -> Array:
-        """[..., H, W, C] expected intensity sum_k p(k) k / 255."""
-        intensities = jnp.arange(NUM_LEVELS, dtype=self._logits.dtype) / (NUM_LEVELS - 1)
-        return jax.nn.softmax(self._logits, axis=-1) @ intensities
+  def mean(self) -> Array:
+    """[..., H, W, C] expected intensity sum_k p(k) k / 255."""
+    intensities = jnp.arange(NUM_LEVELS, dtype=self._logits.dtype) / (NUM_LEVELS - 1)
+    return jax.nn.softmax(self._logits, axis=-1) @ intensities
 
-    def _sample_n(self, key: PRNGKey, n: int) -> Array:
-        """[n, ..., H, W, C] images on the k / 255 grid."""
-        shape = (n,) + self._logits.shape[:-1]
-        levels = jax.random.categorical(key, self._logits, axis=-1, shape=shape)
-        return levels_to_image(levels)
+  def _sample_n(self, key: PRNGKey, n: int) -> Array:
+    """[n, ..., H, W, C] images on the k / 255 grid."""
+    shape = (n,) + self._logits.shape[:-1]
+    levels = jax.random.categorical(key, self._logits, axis=-1, shape=shape)
+    return levels_to_image(levels)
 
 
 class BitwiseCategoricalImage(_LevelLogitsImage):
-    """Each 8-bit level as 8 independent Bernoulli bits, most significant first.
+  """Each 8-bit level as 8 independent Bernoulli bits, most significant first.
 
-    logits [..., H, W, C, 8]: logits[..., 0] is the bit of weight 128 and
-    logits[..., 7] the bit of weight 1
-    (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D): 8 numbers per
-    subpixel instead of the categorical's 256.
-    """
+  logits [..., H, W, C, 8]: logits[..., 0] is the bit of weight 128 and
+  logits[..., 7] the bit of weight 1
+  (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D): 8 numbers per
+  subpixel instead of the categorical's 256.
+  """
 
-    _num_logits = NUM_BITS
-    _unit = 'bits'
-    _level_log_prob = staticmethod(bitwise_log_prob)
+  _num_logits = NUM_BITS
+  _unit = 'bits'
+  _level_log_prob = staticmethod(bitwise_log_prob)
 
-    def mean(self) -> Array:
-        """[..., H, W, C] E[k] / 255 = sum_b sigmoid(l_b) 2^(7-b) / 255."""
-        weights = 2.0 ** jnp.arange(NUM_BITS - 1, -1, -1, dtype=self._logits.dtype)  # (8,)
-        return jax.nn.sigmoid(self._logits) @ weights / (NUM_LEVELS - 1)
+  def mean(self) -> Array:
+    """[..., H, W, C] E[k] / 255 = sum_b sigmoid(l_b) 2^(7-b) / 255."""
+    weights = 2.0 ** jnp.arange(NUM_BITS - 1, -1, -1, dtype=self._logits.dtype)  # (8,)
+    return jax.nn.sigmoid(self._logits) @ weights / (NUM_LEVELS - 1)
 
-    def _sample_n(self, key: PRNGKey, n: int) -> Array:
-        """[n, ..., H, W, C] images on the k / 255 grid."""
-        probs = jax.nn.sigmoid(self._logits)
-        bits = jax.random.bernoulli(key, probs, shape=(n,) + self._logits.shape)
-        return levels_to_image(bits_to_levels(bits))
+  def _sample_n(self, key: PRNGKey, n: int) -> Array:
+    """[n, ..., H, W, C] images on the k / 255 grid."""
+    probs = jax.nn.sigmoid(self._logits)
+    bits = jax.random.bernoulli(key, probs, shape=(n,) + self._logits.shape)
+    return levels_to_image(bits_to_levels(bits))
 
 
 class DiscretizedLogisticMixture(distrax.Distribution):
-    """K-component discretized logistic mixture per subpixel, subpixels independent.
+  """K-component discretized logistic mixture per subpixel, subpixels independent.
 
-    Parameters are per subpixel, [..., H, W, C, K], including the mixture
-    weights; there is no PixelCNN++ channel autoregression, so colour must come
-    from the latent (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
-    log_scales are soft-clipped from below at `min_log_scale` (section 3.1).
+  Parameters are per subpixel, [..., H, W, C, K], including the mixture
+  weights; there is no PixelCNN++ channel autoregression, so colour must come
+  from the latent (rybkin2021_sigma_vae_calibrated_decoders.txt appendix D).
+  log_scales are soft-clipped from below at `min_log_scale` (section 3.1).
+  """
+
+  def __init__(
+      self,
+      logit_weights: Array,
+      means: Array,
+      log_scales: Array,
+      *,
+      min_log_scale: float = MIN_LOG_SCALE,
+      ):
+    """All three: [..., H, W, C, K]; means and scales in [0, 1] intensity units."""
+    super().__init__()
+    self._logit_weights = jnp.asarray(logit_weights)
+    self._means = jnp.asarray(means)
+    self._log_scales = jnp.asarray(log_scales)
+    self._min_log_scale = float(min_log_scale)
+    self._check_parameters()
+
+  def _check_parameters(self) -> None:
+    shapes = {'logit_weights': self._logit_weights.shape, 'means': self._means.shape,
+              'log_scales': self._log_scales.shape}
+    for name, shape in shapes.items():
+      _check_min_ndim(name, shape, EVENT_NDIM + 1, '[..., H, W, C, K]')
+    if len(set(shapes.values())) != 1:
+      raise ValueError(
+          f'Mixture parameters must share one shape [..., H, W, C, K], got {shapes}.')
+
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    return tuple(self._means.shape[-EVENT_NDIM - 1:-1])
+
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return tuple(self._means.shape[:-EVENT_NDIM - 1])
+
+  @property
+  def log_scales(self) -> Array:
+    """[..., H, W, C, K] log-scales after the soft clip."""
+    return softclip(self._log_scales, self._min_log_scale)
+
+  def subpixel_log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
+    levels = image_to_levels(value)
+    _check_value_shape(self.name, levels, self.event_shape)
+    return logistic_mixture_log_prob(
+        self._logit_weights, self._means, self._log_scales, levels,
+        min_log_scale=self._min_log_scale)
+
+  def log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
+    return _sum_event(self.subpixel_log_prob(value))
+
+  def mean(self) -> Array:
+    """[..., H, W, C] exact E[k] / 255 of the discretized mixture.
+
+    E[k] = sum_{j=1..255} P(k >= j) = sum_j sigmoid((mu - (j - 1/2)/255) / s),
+    accumulated in a loop so that no [..., 256] array is built.
     """
+    inv_scale = jnp.exp(-self.log_scales)  # (..., K)
 
-    def __init__(
-            self,
-            logit_weights: Array,
-            means: Array,
-            log_scales: Array,
-            *,
-            min_log_scale: float = MIN_LOG_SCALE,
-    ):
-        """All three: [..., H, W, C, K]; means and scales in [0, 1] intensity units."""
-        super().__init__()
-        self._logit_weights = jnp.asarray(logit_weights)
-        self._means = jnp.asarray(means)
-        self._log_scales = jnp.asarray(log_scales)
-        self._min_log_scale = float(min_log_scale)
-        self._check_parameters()
+    def add_survival(j, total):
+      edge = (j - 0.5) / (NUM_LEVELS - 1)
+      return total + jax.nn.sigmoid((self._means - edge) * inv_scale)
 
-    def _check_parameters(self) -> None:
-        shapes = {'logit_weights': self._logit_weights.shape, 'means': self._means.shape,
-                  'log_scales': self._log_scales.shape}
-        for name, shape in shapes.items():
-            _check_min_ndim(name, shape, EVENT_NDIM + 1, '[..., H, W, C, K]')
-        if len(set(shapes.values())) != 1:
-            raise ValueError(
-                f'Mixture parameters must share one shape [..., H, W, C, K], got {shapes}.')
+    expected_level = jax.lax.fori_loop(1, NUM_LEVELS, add_survival, jnp.zeros_like(self._means))
+    weights = jax.nn.softmax(self._logit_weights, axis=-1)
+    return jnp.sum(weights * expected_level, axis=-1) / (NUM_LEVELS - 1)
 
-    @property
-    def event_shape(self) -> Tuple[int, ...]:
-        return tuple(self._means.shape[-EVENT_NDIM - 1:-1])
+  def _sample_n(self, key: PRNGKey, n: int) -> Array:
+    """[n, ..., H, W, C] images on the k / 255 grid.
 
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self._means.shape[:-EVENT_NDIM - 1])
+    Draws a component, then a continuous logistic value, then rounds it into
+    its bin; the open edge bins are the clip to 0 and 255.
+    """
+    component_key, logistic_key = jax.random.split(key)
+    shape = (n,) + self._means.shape[:-1]
+    component = jax.random.categorical(component_key, self._logit_weights, axis=-1, shape=shape)
 
-    @property
-    def log_scales(self) -> Array:
-        """[..., H, W, C, K] log-scales after the soft clip."""
-        return soft_clip_below(self._log_scales, self._min_log_scale)
+    def pick(params: Array) -> Array:
+      params = jnp.broadcast_to(params, (n,) + params.shape)
+      return jnp.take_along_axis(params, component[..., None], axis=-1)[..., 0]
 
-    def subpixel_log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] image -> [..., H, W, C] log p of each subpixel."""
-        levels = image_to_levels(value)
-        _check_value_shape(self.name, levels, self.event_shape)
-        return logistic_mixture_log_prob(
-            self._logit_weights, self._means, self._log_scales, levels,
-            min_log_scale=self._min_log_scale)
-
-    def log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] k / 255 floats (or uint8) -> [...] summed log p."""
-        return _sum_event(self.subpixel_log_prob(value))
-
-    def mean(self) -> Array:
-        """[..., H, W, C] exact E[k] / 255 of the discretized mixture.
-
-        E[k] = sum_{j=1..255} P(k >= j) = sum_j sigmoid((mu - (j - 1/2)/255) / s),
-        accumulated in a loop so that no [..., 256] array is built.
-        """
-        inv_scale = jnp.exp(-self.log_scales)  # (..., K)
-
-        def add_survival(j, total):
-            edge = (j - 0.5) / (NUM_LEVELS - 1)
-            return total + jax.nn.sigmoid((self._means - edge) * inv_scale)
-
-        expected_level = jax.lax.fori_loop(1, NUM_LEVELS, add_survival, jnp.zeros_like(self._means))
-        weights = jax.nn.softmax(self._logit_weights, axis=-1)
-        return jnp.sum(weights * expected_level, axis=-1) / (NUM_LEVELS - 1)
-
-    def _sample_n(self, key: PRNGKey, n: int) -> Array:
-        """[n, ..., H, W, C] images on the k / 255 grid.
-
-        Draws a component, then a continuous logistic value, then rounds it into
-        its bin; the open edge bins are the clip to 0 and 255.
-        """
-        component_key, logistic_key = jax.random.split(key)
-        shape = (n,) + self._means.shape[:-1]
-        component = jax.random.categorical(component_key, self._logit_weights, axis=-1, shape=shape)
-
-        def pick(params: Array) -> Array:
-            params = jnp.broadcast_to(params, (n,) + params.shape)
-            return jnp.take_along_axis(params, component[..., None], axis=-1)[..., 0]
-
-        standard = jax.random.logistic(logistic_key, shape, dtype=self._means.dtype)
-        continuous = pick(self._means) + jnp.exp(pick(self.log_scales)) * standard
-        levels = jnp.clip(jnp.round(continuous * (NUM_LEVELS - 1)), 0, NUM_LEVELS - 1)
-        return levels_to_image(levels.astype(jnp.int32))
+    standard = jax.random.logistic(logistic_key, shape, dtype=self._means.dtype)
+    continuous = pick(self._means) + jnp.exp(pick(self.log_scales)) * standard
+    levels = jnp.clip(jnp.round(continuous * (NUM_LEVELS - 1)), 0, NUM_LEVELS - 1)
+    return levels_to_image(levels.astype(jnp.int32))
 
 
 class StudentTImage(distrax.Distribution):
-    """Independent Student-t per subpixel (the "Student-t VAE" of sigma-VAE Table 2).
+  """Independent Student-t per subpixel (the "Student-t VAE" of sigma-VAE Table 2).
 
-    A continuous density on the intensities x in [0, 1], not a discretized
-    one; samples are real values (use quantize_image to display them).
-    """
+  A continuous density on the intensities x in [0, 1], not a discretized
+  one; samples are real values (use quantize_image to display them).
+  """
 
-    def __init__(self, loc: Array, log_scale: Array, df: ArrayLike):
-        """loc, log_scale: [..., H, W, C]; df: positive scalar or broadcastable array."""
-        super().__init__()
-        self._loc = jnp.asarray(loc)
-        self._log_scale = jnp.asarray(log_scale)
-        self._df = jnp.asarray(df, dtype=self._loc.dtype)
-        self._check_parameters()
+  def __init__(self, loc: Array, log_scale: Array, df: ArrayLike):
+    """loc, log_scale: [..., H, W, C]; df: positive scalar or broadcastable array."""
+    super().__init__()
+    self._loc = jnp.asarray(loc)
+    self._log_scale = jnp.asarray(log_scale)
+    self._df = jnp.asarray(df, dtype=self._loc.dtype)
+    self._check_parameters()
 
-    def _check_parameters(self) -> None:
-        _check_min_ndim('loc', self._loc.shape, EVENT_NDIM, '[..., H, W, C]')
-        if self._log_scale.shape != self._loc.shape:
-            raise ValueError(
-                f'`log_scale` shape {self._log_scale.shape} must equal '
-                f'`loc` shape {self._loc.shape}.')
-        try:
-            broadcast = jnp.broadcast_shapes(self._df.shape, self._loc.shape)
-        except ValueError:
-            broadcast = None
-        if broadcast != self._loc.shape:
-            raise ValueError(
-                f'`df` shape {self._df.shape} must broadcast to `loc` shape {self._loc.shape}.')
-        # Values can only be checked outside jit; inside, df is a tracer.
-        if not isinstance(self._df, jax.core.Tracer) and bool(jnp.any(self._df <= 0)):
-            raise ValueError('`df` must be positive.')
+  def _check_parameters(self) -> None:
+    _check_min_ndim('loc', self._loc.shape, EVENT_NDIM, '[..., H, W, C]')
+    if self._log_scale.shape != self._loc.shape:
+      raise ValueError(
+          f'`log_scale` shape {self._log_scale.shape} must equal '
+          f'`loc` shape {self._loc.shape}.')
+    try:
+      broadcast = jnp.broadcast_shapes(self._df.shape, self._loc.shape)
+    except ValueError:
+      broadcast = None
+    if broadcast != self._loc.shape:
+      raise ValueError(
+          f'`df` shape {self._df.shape} must broadcast to `loc` shape {self._loc.shape}.')
+    # Values can only be checked outside jit; inside, df is a tracer.
+    if not isinstance(self._df, jax.core.Tracer) and bool(jnp.any(self._df <= 0)):
+      raise ValueError('`df` must be positive.')
 
-    @property
-    def event_shape(self) -> Tuple[int, ...]:
-        return tuple(self._loc.shape[-EVENT_NDIM:])
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    return tuple(self._loc.shape[-EVENT_NDIM:])
 
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self._loc.shape[:-EVENT_NDIM])
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return tuple(self._loc.shape[:-EVENT_NDIM])
 
-    def log_prob(self, value: ArrayLike) -> Array:
-        """[..., H, W, C] intensities in [0, 1] (or uint8) -> [...] summed log p."""
-        x = image_to_intensity(value)
-        _check_value_shape(self.name, x, self.event_shape)
-        return _sum_event(student_t_log_prob(self._loc, self._log_scale, self._df, x))
+  def log_prob(self, value: ArrayLike) -> Array:
+    """[..., H, W, C] intensities in [0, 1] (or uint8) -> [...] summed log p."""
+    x = image_to_intensity(value)
+    _check_value_shape(self.name, x, self.event_shape)
+    return _sum_event(student_t_log_prob(self._loc, self._log_scale, self._df, x))
 
-    def mean(self) -> Array:
-        """[..., H, W, C] loc where df > 1; NaN where the mean does not exist."""
-        return jnp.where(self._df > 1.0, self._loc, jnp.nan)
+  def mean(self) -> Array:
+    """[..., H, W, C] loc where df > 1; NaN where the mean does not exist."""
+    return jnp.where(self._df > 1.0, self._loc, jnp.nan)
 
-    def _sample_n(self, key: PRNGKey, n: int) -> Array:
-        """[n, ..., H, W, C] real-valued samples."""
-        shape = (n,) + self._loc.shape
-        standard = jax.random.t(key, self._df, shape=shape, dtype=self._loc.dtype)
-        return self._loc + jnp.exp(self._log_scale) * standard
+  def _sample_n(self, key: PRNGKey, n: int) -> Array:
+    """[n, ..., H, W, C] real-valued samples."""
+    shape = (n,) + self._loc.shape
+    standard = jax.random.t(key, self._df, shape=shape, dtype=self._loc.dtype)
+    return self._loc + jnp.exp(self._log_scale) * standard

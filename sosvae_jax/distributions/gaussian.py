@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import distrax
 import jax
 import jax.numpy as jnp
 
+from sosvae_jax.distributions.numerics import compute_dtype
+from sosvae_jax.distributions.numerics import softclip
+
 Array = jax.Array
 
-
-def softclip(x: Array, minimum: float) -> Array:
-  """Smooth lower bound: minimum + softplus(x - minimum).
-
-  rybkin2021_sigma_vae_calibrated_decoders.txt section 4 clips log sigma
-  from below this way (minimum -6) so gradients never vanish at the floor.
-  """
-  return minimum + jax.nn.softplus(x - minimum)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def diagonal_normal(loc: Array, variance: Array) -> distrax.MultivariateNormalDiag:
@@ -31,9 +29,26 @@ def diagonal_normal(loc: Array, variance: Array) -> distrax.MultivariateNormalDi
   if loc.shape[-1:] != variance.shape[-1:]:
     raise ValueError(f'diagonal_normal: loc {loc.shape} and variance '
                      f'{variance.shape} must share the event dimension S.')
-  dtype = jnp.promote_types(jnp.result_type(loc, variance), jnp.float32)
+  dtype = compute_dtype(loc, variance)
   return distrax.MultivariateNormalDiag(
       loc=loc.astype(dtype), scale_diag=jnp.sqrt(variance.astype(dtype)))
+
+
+def diagonal_log_prob(x: Array, loc: Array | float, log_var: Array | float, *,
+                      axis: int | tuple[int, ...] = -1) -> Array:
+  """log N(x; loc, diag(exp(log_var))), summed over `axis`.
+
+  Args:
+    x: [..., S] (or any event layout named by `axis`).
+    loc: broadcastable to x.
+    log_var: log variances, broadcastable to x.
+    axis: the event axes summed over.
+
+  Returns:
+    x's shape without the `axis` dimensions (after broadcasting).
+  """
+  return -0.5 * jnp.sum(_LOG_2PI + log_var + jnp.square(x - loc) * jnp.exp(-log_var),
+                        axis=axis)
 
 
 # Axes over which the closed-form variance averages the squared residual of an

@@ -2,9 +2,10 @@
 
 The maths is re-exported here. The heavier pieces stay submodules, imported
 where needed: `evaluation.evaluate` (evaluate_run, the --mode=evaluate
-command), `evaluation.report` (Table-1-style comparison), `evaluation.inception`
-(Inception-v3 FID network), `evaluation.classifier` (classifier FID network),
-`evaluation.labels`.
+command), `evaluation.settings` (its settings, config.evaluation),
+`evaluation.results` (its files), `evaluation.report` (Table-1-style
+comparison), `evaluation.inception` (Inception-v3 FID network),
+`evaluation.classifier` (classifier FID network), `evaluation.labels`.
 """
 
 from sosvae_jax.evaluation.coherence import high_frequency_fraction

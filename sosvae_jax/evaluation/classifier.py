@@ -219,8 +219,7 @@ def load_or_train_classifier(
     retrain: train and overwrite even if a cached classifier exists.
   """
   settings = settings or ClassifierSettings()
-  train_images = input_pipeline.eval_images(
-      input_pipeline.get_source(data_cfg, 'train'), 10 ** 9)
+  train_images = input_pipeline.load_images(data_cfg, 'train')
   train_labels = labels_lib.load_labels(data_cfg, 'train')
   if len(train_labels) != len(train_images):
     raise ValueError(f'{len(train_images)} training images but {len(train_labels)} '
@@ -240,8 +239,7 @@ def load_or_train_classifier(
                'cached afterwards in %s.', settings.num_steps, path)
   t0 = time.time()
   params = _train(model, train_images, train_labels, settings)
-  test_images = input_pipeline.eval_images(
-      input_pipeline.get_source(data_cfg, 'eval'), 10 ** 9)
+  test_images = input_pipeline.load_images(data_cfg, 'eval')
   test_labels = labels_lib.load_labels(data_cfg, 'eval')
   test_accuracy = accuracy(model, params, test_images, test_labels)
   meta = {'test_accuracy': test_accuracy, 'num_classes': num_classes,

@@ -17,6 +17,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sosvae_jax.distributions import diagonal_log_prob
+
 Array = jax.Array
 LogWeightFn = Callable[[Array, Array, int], Array]
 
@@ -74,12 +76,6 @@ def chunked_iwae(
   return running - math.log(num_samples)
 
 
-def _diag_gaussian_log_prob(z: Array, mean: Array, log_var: Array) -> Array:
-  """log N(z; mean, diag(exp(log_var))), summed over the last axis (broadcasts)."""
-  return -0.5 * jnp.sum(
-      jnp.log(2 * jnp.pi) + log_var + jnp.square(z - mean) * jnp.exp(-log_var), -1)
-
-
 def _log_aggregate_posterior(
     z: Array, post_mean: Array, post_log_var: Array) -> Array:
   """log m(z) = log (1/N) sum_n q(z | x_n) at one point.
@@ -92,7 +88,7 @@ def _log_aggregate_posterior(
   Returns:
     [] (a scalar).
   """
-  log_q = _diag_gaussian_log_prob(z, post_mean, post_log_var)  # (N,)
+  log_q = diagonal_log_prob(z, post_mean, post_log_var)  # (N,)
   return jax.nn.logsumexp(log_q) - math.log(post_mean.shape[0])
 
 
@@ -129,8 +125,8 @@ def mutual_information_and_marginal_kl(
   n, latent = post_mean.shape
   eps = jax.random.normal(key, (num_samples, n, latent), post_mean.dtype)
   z = post_mean + jnp.exp(0.5 * post_log_var) * eps  # (S, N, L)
-  log_q = _diag_gaussian_log_prob(z, post_mean, post_log_var)  # (S, N)
-  log_p = _diag_gaussian_log_prob(z, 0.0, jnp.zeros_like(z))  # (S, N)
+  log_q = diagonal_log_prob(z, post_mean, post_log_var)  # (S, N)
+  log_p = diagonal_log_prob(z, 0.0, jnp.zeros_like(z))  # (S, N)
   log_m = jax.lax.map(
       lambda zi: _log_aggregate_posterior(zi, post_mean, post_log_var),
       z.reshape(-1, latent), batch_size=chunk_size).reshape(num_samples, n)

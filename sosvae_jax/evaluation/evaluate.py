@@ -1,6 +1,6 @@
 """Evaluation command: every metric of a trained run, written to workdir/eval/.
 
-`evaluate_run(workdir)` restores the latest checkpoint (figures.restore_run)
+`evaluate_run(workdir)` restores the latest checkpoint (checkpoints.restore_run)
 and measures, on the evaluation split and on generated images:
 
 * ELBO, log-likelihood, KL and MSE of the means of p(x|z), z ~ q(z|x);
@@ -19,21 +19,21 @@ and measures, on the evaluation split and on generated images:
   (coherence.py).
 
 Bits per dimension: a discrete likelihood's log_prob is a mass over 8-bit
-levels, so bpd = -log p / (S ln 2). A continuous density on [0, 1] becomes a
-mass over bins of width 1/256 by adding log2(256) = 8 bits per dimension,
-which assumes the density is flat within a bin; with variances below the
-bin width (the SOS-VAE's D = 1e-5 is sigma 0.003 < 1/256) that is false and
-the number can even be negative: compare those runs in nats.
+levels, so bpd = -log p / (S ln 2). A continuous density on data k / 255
+becomes a mass over the discrete decoders' own bins (width 1/255 around each
+level) by adding log2(255) bits per dimension
+(distributions.density_bits_per_dim), which assumes the density is flat
+within a bin; with variances below the bin width (the SOS-VAE's D = 1e-5 is
+sigma 0.003 < 1/255) that is false and the number can even be negative:
+compare those runs in nats.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
-import shutil
 import time
 from typing import Any
 
@@ -42,12 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sosvae_jax import figures
+from sosvae_jax import checkpoints
+from sosvae_jax import distributions
 from sosvae_jax import input_pipeline
-from sosvae_jax import likelihoods
+from sosvae_jax import metric_writers
+from sosvae_jax.models import likelihoods
 from sosvae_jax import objectives
-from sosvae_jax import plotting
-from sosvae_jax import train
+from sosvae_jax.config_checks import SAMPLERS
 from sosvae_jax.evaluation import classifier as classifier_lib
 from sosvae_jax.evaluation import coherence
 from sosvae_jax.evaluation import estimators
@@ -55,84 +56,13 @@ from sosvae_jax.evaluation import features as features_lib
 from sosvae_jax.evaluation import frechet
 from sosvae_jax.evaluation import gmm as gmm_lib
 from sosvae_jax.evaluation import inception
+from sosvae_jax.evaluation.results import Evaluation
+from sosvae_jax.evaluation.results import results_markdown
+from sosvae_jax.evaluation.results import write_results
+from sosvae_jax.evaluation.settings import EvalSettings
 
 Array = jax.Array
-SAMPLERS = ('prior', 'gmm')
 NUM_GRID_IMAGES = 10
-RESULTS_JSON = 'results.json'
-RESULTS_MD = 'results.md'
-SAMPLES_NPZ = 'samples.npz'
-SAMPLES_PNG = 'samples.png'
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-  """What `evaluate_run` measures and on how much data.
-
-  Attributes:
-    num_samples: generated images for FID and coherence (the papers: 50,000).
-    eval_examples: evaluation-split images for ELBO and IWAE; 0 = all.
-    iwae_k: importance samples K of the IWAE bound; 0 skips it.
-    iwae_chunk: importance samples drawn at once per batch.
-    batch_size: images per jitted call.
-    mi_examples: posteriors in the MI / marginal KL estimate (cost ~ N^2);
-      0 skips it.
-    mi_samples: z draws per posterior there.
-    sampler: 'prior' or 'gmm'; None = config.sampler (default 'prior').
-    gmm_components: None = config.gmm_components (default 10).
-    gmm_covariance: 'full' or 'diag'; None = config.gmm_covariance.
-    gmm_examples: training images whose posterior means the mixture is fit to.
-    classifier_fid: compute classifier FID (needs class labels).
-    classifier_cache_dir: None = classifier.DEFAULT_CACHE_DIR.
-    classifier: settings of the feature classifier (part of its cache key).
-    inception_weights: converted Inception .npz; None skips Inception FID.
-    coherence_examples: generated images the coherence statistics pool.
-    seed: seeds every random draw of the evaluation.
-  """
-
-  num_samples: int = 10000
-  eval_examples: int = 0
-  iwae_k: int = 20
-  iwae_chunk: int = 10
-  batch_size: int = 250
-  mi_examples: int = 1000
-  mi_samples: int = 10
-  sampler: str | None = None
-  gmm_components: int | None = None
-  gmm_covariance: str | None = None
-  gmm_examples: int = 10000
-  classifier_fid: bool = True
-  classifier_cache_dir: str | None = None
-  classifier: classifier_lib.ClassifierSettings = classifier_lib.ClassifierSettings()
-  inception_weights: str | None = None
-  coherence_examples: int = 1000
-  seed: int = 0
-
-  def problems(self) -> list[str]:
-    """Messages for settings that cannot work (empty when all is well)."""
-    out = []
-    for name in ('num_samples', 'iwae_chunk', 'batch_size', 'mi_samples',
-                 'gmm_examples', 'coherence_examples'):
-      if getattr(self, name) < 1:
-        out.append(f'{name}={getattr(self, name)} must be >= 1')
-    for name in ('eval_examples', 'iwae_k', 'mi_examples'):
-      if getattr(self, name) < 0:
-        out.append(f'{name}={getattr(self, name)} must be >= 0 (0: all / skip)')
-    if self.num_samples < 2:
-      out.append(f'num_samples={self.num_samples}: FID needs at least 2 images')
-    if self.sampler is not None and self.sampler not in SAMPLERS:
-      out.append(f'sampler={self.sampler!r}: choose one of {SAMPLERS}')
-    if self.gmm_components is not None and self.gmm_components < 1:
-      out.append(f'gmm_components={self.gmm_components} must be >= 1')
-    if self.gmm_covariance is not None and self.gmm_covariance not in gmm_lib.COVARIANCE_TYPES:
-      out.append(f'gmm_covariance={self.gmm_covariance!r}: choose one of '
-                 f'{gmm_lib.COVARIANCE_TYPES}')
-    if self.inception_weights and not os.path.exists(
-        os.path.expanduser(self.inception_weights)):
-      out.append(f'inception_weights={self.inception_weights!r} does not exist; '
-                 f'download {inception.PYTORCH_FID_URL} and convert it with '
-                 'scripts/convert_inception_weights.py')
-    return out
 
 
 # --------------------------------------------------------- jitted pieces ----
@@ -141,35 +71,22 @@ class EvalSettings:
 def _elbo_terms(variables, batch: Array, key: Array, *, model) -> dict[str, Array]:
   """Per-image ELBO terms for one posterior draw; arrays only (jit-friendly)."""
   x = input_pipeline.preprocess(batch)  # (B, H, W, C)
-  mean, log_var = model.apply(variables, x, method='encode')  # (B, L) each
-  z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
-  dist = model.apply(variables, z, x, method='decode')
-  log_lik = dist.log_prob(train.to_event(dist, x))  # (B,)
-  squared = jnp.square(dist.mean().reshape(x.shape) - x)
-  return {'log_likelihood': log_lik,
-          'kl': objectives.gaussian_kl(mean, log_var),
-          'squared_error': jnp.mean(squared, axis=(1, 2, 3)),
-          'posterior_mean': mean, 'posterior_log_var': log_var}
-
-
-def _log_normal(z: Array, mean: Array | float, log_var: Array | float) -> Array:
-  """log N(z; mean, diag exp(log_var)) summed over the last axis."""
-  return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + log_var
-                        + jnp.square(z - mean) * jnp.exp(-log_var), -1)
+  out = model.apply(variables, x, rngs={'sample': key})
+  return {**objectives.elbo_terms(out, x), 'posterior_mean': out.posterior_mean,
+          'posterior_log_var': out.posterior_log_var}
 
 
 def _iwae_log_weights(variables, batch: Array, key: Array, n: int, *,
                       model) -> Array:
   """[n, B] log p(x|z) + log p(z) - log q(z|x) for n draws z ~ q(z|x)."""
   x = input_pipeline.preprocess(batch)
-  b = x.shape[0]
-  mean, log_var = model.apply(variables, x, method='encode')
-  eps = jax.random.normal(key, (n,) + mean.shape, mean.dtype)
-  z = mean + jnp.exp(0.5 * log_var) * eps  # (n, B, L)
-  tiled = jnp.broadcast_to(x, (n,) + x.shape).reshape((n * b,) + x.shape[1:])
-  dist = model.apply(variables, z.reshape(n * b, -1), tiled, method='decode')
-  log_px = dist.log_prob(train.to_event(dist, tiled)).reshape(n, b)
-  return log_px + _log_normal(z, 0.0, 0.0) - _log_normal(z, mean, log_var)
+
+  def log_weight(k):
+    # vmap batches only what depends on the key: x is encoded once.
+    return objectives.log_importance_weight(
+        model.apply(variables, x, rngs={'sample': k}), x)
+
+  return jax.vmap(log_weight)(jax.random.split(key, n))
 
 
 def _encode_means(variables, batch: Array, *, model) -> Array:
@@ -257,9 +174,10 @@ def _likelihood_metrics(run, images: np.ndarray, s: EvalSettings,
 
 
 def bits_per_dim(log_p: float, num_dims: int, discrete: bool) -> float:
-  """-log p / (S ln 2), plus 8 for a density on [0, 1] (module docstring)."""
-  bpd = -log_p / (num_dims * math.log(2.0))
-  return bpd if discrete else bpd + 8.0
+  """-log p / (S ln 2), plus log2(255) for a density (module docstring)."""
+  if discrete:
+    return float(distributions.bits_per_dim(log_p, num_dims))
+  return float(distributions.density_bits_per_dim(log_p, num_dims))
 
 
 def _fit_sampler(run, s: EvalSettings, key: Array) -> tuple[Any, dict]:
@@ -275,8 +193,7 @@ def _fit_sampler(run, s: EvalSettings, key: Array) -> tuple[Any, dict]:
     return draw, {'sampler': 'prior', 'description': 'z ~ N(0, I)'}
   components = s.gmm_components or config.get('gmm_components', 10)
   covariance = s.gmm_covariance or config.get('gmm_covariance', 'full')
-  train_images = input_pipeline.eval_images(
-      input_pipeline.get_source(config.data, 'train'), s.gmm_examples)
+  train_images = input_pipeline.load_images(config.data, 'train', s.gmm_examples)
   encode = _compiled(_encode_means, run.model)
   z = np.concatenate([np.asarray(encode(run.variables, b))[:n]
                       for n, b in _batches(train_images, s.batch_size)])
@@ -353,8 +270,7 @@ def _generated_statistics(run, draw, nets, s: EvalSettings, key: Array
 
 def _reference_statistics(run, nets, s: EvalSettings) -> dict[str, tuple]:
   """(mu, cov) of each feature network over the whole evaluation split."""
-  source = input_pipeline.get_source(run.config.data, 'eval')
-  images = np.asarray(input_pipeline.eval_images(source, len(source)), np.float32) / 255.0
+  images = np.asarray(input_pipeline.load_images(run.config.data, 'eval'), np.float32) / 255.0
   return {net: features_lib.statistics_in_chunks(fn, images, s.batch_size)
           for net, fn in nets.items()}
 
@@ -363,7 +279,7 @@ def _reference_statistics(run, nets, s: EvalSettings) -> dict[str, tuple]:
 
 
 def evaluate_run(workdir: str, settings: EvalSettings | None = None,
-                 **overrides) -> dict[str, Any]:
+                 **overrides) -> Evaluation:
   """Every metric of the run in `workdir` (latest checkpoint); see the module doc.
 
   Args:
@@ -371,15 +287,17 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
     settings: EvalSettings; keyword `overrides` replace its fields.
 
   Returns:
-    JSON-ready dict: 'metrics' (name -> float), the run's identity, the
-    sampler, the feature networks and notes. Write it with `write_results`.
+    Evaluation: a JSON-ready dict ('metrics' (name -> float), the run's
+    identity, the sampler, the feature networks and notes), the fitted
+    mixture sampler and the images of samples.png. Write it with
+    `write_results`.
   """
   s = dataclasses.replace(settings or EvalSettings(), **overrides)
   problems = s.problems()
   if problems:
     raise ValueError('Evaluation settings: ' + '; '.join(problems) + '.')
   t0 = time.time()
-  run = figures.restore_run(workdir)
+  run = checkpoints.restore_run(workdir)
   config = run.config
   entry = likelihoods.LIKELIHOODS[config.likelihood.name]
   num_dims = int(np.prod(config.data.image_shape))
@@ -391,8 +309,7 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   # Feature networks first: a missing label file or weights file fails early.
   nets, nets_info = _feature_networks(run, s)
 
-  eval_source = input_pipeline.get_source(config.data, 'eval')
-  images = input_pipeline.eval_images(eval_source, s.eval_examples or len(eval_source))
+  images = input_pipeline.load_images(config.data, 'eval', s.eval_examples or None)
   metrics, post_mean, post_log_var = _likelihood_metrics(run, images, s, keys['elbo'])
   metrics['nll_elbo_nats'] = -metrics['elbo']
   metrics['nll_elbo_bits_per_dim'] = bits_per_dim(metrics['elbo'], num_dims, entry.discrete)
@@ -421,11 +338,15 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
            'on this dataset (evaluation/classifier.py); it is comparable only '
            'between runs that used the same classifier, never with Inception FID.']
   if not entry.discrete:
-    notes.append('bits/dim of a density on [0, 1] add 8 bits (bins of 1/256); not '
-                 'meaningful when variances are below the bin width: compare nats.')
+    notes.append('bits/dim of a density on data k/255 add log2(255) = 7.994 bits: '
+                 'level k owns the bin of width 1/255 around k/255, as in the '
+                 'discrete decoders, so a density flat on each bin reports the '
+                 'same number as its mass; not meaningful when variances are '
+                 'below the bin width: compare nats.')
   if 'inception' not in nets:
-    notes.append('Inception FID not computed (no --inception_weights given).')
-  return {
+    notes.append('Inception FID not computed (no config.evaluation.inception_weights '
+                 'given).')
+  results = {
       'workdir': os.path.abspath(workdir), 'step': int(run.step),
       'likelihood': config.likelihood.name, 'discrete': bool(entry.discrete),
       'image_shape': list(config.data.image_shape), 'num_dims': num_dims,
@@ -434,108 +355,38 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
       **sampler_info, 'feature_networks': nets_info, 'metrics': metrics,
       'notes': notes, 'seconds': round(time.time() - t0, 1),
       'settings': {k: v for k, v in dataclasses.asdict(s).items()},
-      '_mixture': mixture, '_grid': grid_images,
   }
+  return Evaluation(results, mixture, grid_images)
 
 
-# --------------------------------------------------------------- writers ----
-
-# (key, label) in table order; 'means'/'samples' rows come from fid_* keys.
-LIKELIHOOD_ROWS = (
-    ('elbo', 'ELBO (nats)'), ('log_likelihood', 'E_q log p(x|z) (nats)'),
-    ('kl', 'KL(q(z|x) || p(z)) (nats)'), ('iwae', 'IWAE bound (nats)'),
-    ('nll_elbo_nats', 'NLL from ELBO (nats)'), ('nll_iwae_nats', 'NLL from IWAE (nats)'),
-    ('nll_elbo_bits_per_dim', 'NLL from ELBO (bits/dim)'),
-    ('nll_iwae_bits_per_dim', 'NLL from IWAE (bits/dim)'),
-    ('mse_means', 'MSE of means of p(x|z), z ~ q(z|x)'),
-    ('mutual_information', 'mutual information I(x; z) (nats)'),
-    ('mutual_information_bound', '  its upper bound log N (nats)'),
-    ('marginal_kl', 'marginal KL(m(z) || p(z)) (nats)'),
-)
-FID_ROWS = (('classifier', 'classifier FID (not Inception FID)'),
-            ('inception', 'Inception FID (pool3)'))
-
-
-def cell(text: str) -> str:
-  """Text safe inside a markdown table cell (pipes escaped)."""
-  return str(text).replace('|', '\\|')
-
-
-def fmt(value) -> str:
-  if value is None:
-    return '-'
-  return f'{value:.4g}' if abs(value) < 1e4 else f'{value:.6g}'
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-  """The markdown of eval/results.md."""
-  m = results['metrics']
-  lines = [f'# Evaluation of {results["workdir"]} (step {results["step"]})', '',
-           f'likelihood `{results["likelihood"]}` '
-           f'({"discrete mass" if results["discrete"] else "continuous density"}); '
-           f'sampler **{results["sampler"]}**: {results["description"]}; '
-           f'{results["eval_examples"]} evaluation images, {results["num_samples"]} '
-           f'generated images, IWAE K = {results["iwae_k"]}.', '',
-           '| metric | value |', '|---|---|']
-  lines += [f'| {cell(label)} | {fmt(m[key])} |' for key, label in LIKELIHOOD_ROWS
-            if key in m]
-  lines += ['', f'Generated images (sampler: {results["sampler"]}), against the '
-            'evaluation split:', '',
-            f'| metric | {cell("means of p(x|z)")} | {cell("samples of p(x|z)")} |',
-            '|---|---|---|']
-  for net, label in FID_ROWS:
-    if f'fid_{net}_means' in m:
-      lines.append(f'| {label} | {fmt(m[f"fid_{net}_means"])} | '
-                   f'{fmt(m[f"fid_{net}_samples"])} |')
-  lines.append('| lag-1 autocorrelation of sample - mean | - | '
-               f'{fmt(m["coherence_autocorrelation"])} |')
-  lines.append('| high-frequency energy fraction of sample - mean (white noise: '
-               f'{m["coherence_white_noise_high_frequency_fraction"]:.3f}) | - | '
-               f'{fmt(m["coherence_high_frequency_fraction"])} |')
-  info = results['feature_networks']
-  if 'classifier' in info:
-    lines += ['', f'Classifier: {info["classifier"]["path"]} (test accuracy '
-              f'{info["classifier"]["test_accuracy"]:.4f}).']
-  lines += [''] + [f'* {note}' for note in results['notes']]
-  return '\n'.join(lines) + '\n'
-
-
-def write_results(workdir: str, results: dict[str, Any]) -> dict[str, str]:
-  """Writes eval/results.json, results.md, samples.npz, samples.png (+ gmm.json)."""
-  out_dir = os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
-  results = dict(results)
-  mixture, grid_images = results.pop('_mixture', None), results.pop('_grid')
-  paths = {'json': os.path.join(out_dir, RESULTS_JSON),
-           'markdown': os.path.join(out_dir, RESULTS_MD),
-           'npz': os.path.join(out_dir, SAMPLES_NPZ),
-           'png': os.path.join(out_dir, SAMPLES_PNG)}
-  with open(paths['json'], 'w') as f:
-    json.dump(results, f, indent=2, default=str)
-  with open(paths['markdown'], 'w') as f:
-    f.write(results_markdown(results))
-  # results.json is the latest evaluation; a copy per sampler keeps the prior
-  # and the mixture results of one workdir side by side.
-  sampler = str(results['sampler'])
-  for key, ext in (('json', '.json'), ('markdown', '.md')):
-    paths[f'{key}_{sampler}'] = os.path.join(out_dir, f'results_{sampler}{ext}')
-    shutil.copyfile(paths[key], paths[f'{key}_{sampler}'])
-  np.savez(paths['npz'], **grid_images)
-  plotting.save_png(plotting.grid(
-      [plotting.to_rgb(grid_images['means']), plotting.to_rgb(grid_images['samples'])],
-      [f'{results["sampler"]} mean', f'{results["sampler"]} sample']), paths['png'])
-  if mixture is not None:
-    paths['gmm'] = os.path.join(out_dir, 'gmm.json')
-    with open(paths['gmm'], 'w') as f:
-      json.dump(mixture.to_dict(), f)
-  return paths
+def hparams(config) -> dict[str, Any]:
+  """The config's leaves under dotted names, as the hparams plugin takes them."""
+  def flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        out.update(flatten(v, f'{prefix}{k}.'))
+      else:
+        out[f'{prefix}{k}'] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+  return flatten(config.to_dict(), '')
 
 
 def evaluate_and_write(workdir: str, settings: EvalSettings | None = None,
                        **overrides) -> dict[str, Any]:
-  """`evaluate_run` then `write_results`; logs the table and returns the results."""
-  results = evaluate_run(workdir, settings, **overrides)
-  paths = write_results(workdir, results)
+  """`evaluate_run` then `write_results`; logs the table and returns the results.
+
+  TensorBoard (workdir/tensorboard) also gets the metrics as scalars
+  eval/SAMPLER/NAME at the run's step, and an hparams entry pairing them with
+  the run's config.
+  """
+  evaluation = evaluate_run(workdir, settings, **overrides)
+  paths = write_results(workdir, evaluation)
+  results = evaluation.results
+  if jax.process_index() == 0:
+    metric_writers.write_run_summary(
+        workdir, results['step'], hparams(checkpoints.load_config(workdir)),
+        {results['sampler']: results['metrics']})
   logging.info('Evaluation written to %s and %s (%.0f s):\n%s', paths['json'],
                paths['markdown'], results['seconds'], results_markdown(results))
-  return {k: v for k, v in results.items() if not k.startswith('_')}
+  return results

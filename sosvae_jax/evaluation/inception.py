@@ -26,7 +26,8 @@ machine), converts it once on any machine with torch:
   python scripts/convert_inception_weights.py \
       --input=pt_inception-2015-12-05-6726825d.pth --output=inception_fid.npz
 
-and passes the .npz (`--inception_weights=inception_fid.npz`). The .npz
+and passes the .npz
+(`--config.evaluation.inception_weights=inception_fid.npz`). The .npz
 holds one array per flax variable under the key '<collection>/<module
 path>/<name>', e.g. 'params/Mixed_5b/branch1x1/conv/kernel' (HWIO) or
 'batch_stats/Conv2d_1a_3x3/bn/mean', plus 'format' = FORMAT.
@@ -208,13 +209,6 @@ def preprocess_for_inception(images: Array) -> Array:
 
 
 # ------------------------------------------------------------- weights ----
-
-
-def init_variables(key: Array | None = None) -> dict[str, Any]:
-  """Random variables of the network (for tests and for the expected layout)."""
-  key = jax.random.PRNGKey(0) if key is None else key
-  dummy = jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return jax.jit(InceptionV3FID().init)(key, dummy)
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:

@@ -51,5 +51,5 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
   raise ValueError(
       f'config.data.source={data_cfg.source!r} has no class labels, so no '
       'classifier can be trained for classifier FID; pass '
-      '--classifier_fid=false (Inception FID with --inception_weights needs no '
-      'labels).')
+      '--config.evaluation.classifier_fid=false (Inception FID with '
+      'config.evaluation.inception_weights needs no labels).')

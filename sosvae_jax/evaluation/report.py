@@ -19,7 +19,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from sosvae_jax import plotting
-from sosvae_jax.evaluation import evaluate
+from sosvae_jax.evaluation import results as results_lib
 
 # (metrics key, column header); columns whose key no run has are left out.
 COLUMNS = (
@@ -36,17 +36,37 @@ COLUMNS = (
 )
 TITLE_HEIGHT = 14
 GAP = 8
+# The samples figure as a grid that reads at README width (~800 pixels): each
+# run's images wrapped into rows of SAMPLE_COLUMNS, RUNS_PER_ROW runs a row.
+SAMPLE_COLUMNS = 5
+RUNS_PER_ROW = 2
 
 
-def load_results(workdir: str) -> dict[str, Any]:
-  """A run's eval/results.json; FileNotFoundError saying how to make it."""
-  path = os.path.join(workdir, 'eval', evaluate.RESULTS_JSON)
+def _evaluate_command(workdir: str, sampler: str | None) -> str:
+  extra = f' --config.evaluation.sampler={sampler}' if sampler else ''
+  return f'`python -m experiments.main --mode=evaluate --workdir={workdir}{extra}`'
+
+
+def load_results(workdir: str, sampler: str | None = None) -> dict[str, Any]:
+  """A run's eval/results.json (the latest evaluation), or that of one sampler.
+
+  FileNotFoundError saying how to make it.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdirs entry {workdir!r} is not a folder: pass the '
+                            'workdirs of trained and evaluated runs.')
+  path = results_lib.eval_file(workdir, results_lib.RESULTS_JSON, sampler)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: evaluate the run first with `python -m experiments.main '
-        f'--mode=evaluate --workdir={workdir}`.')
-  with open(path) as f:
-    return json.load(f)
+        f'{path} not found: evaluate the run first with '
+        f'{_evaluate_command(workdir, sampler)}.')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:  # e.g. an evaluation killed mid-write
+    raise ValueError(f'{path} is not valid JSON ({e}): evaluate the run again with '
+                     '`python -m experiments.main --mode=evaluate '
+                     f'--workdir={workdir}`.') from None
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
@@ -70,7 +90,7 @@ def _consistency_notes(results: Sequence[dict]) -> list[str]:
   if len(classifiers) > 1:
     notes.append('The runs used DIFFERENT feature classifiers '
                   f'({sorted(classifiers)}): their classifier FIDs are not comparable; '
-                  're-evaluate with one --classifier_cache_dir.')
+                  're-evaluate with one --config.evaluation.classifier_cache_dir.')
   return notes
 
 
@@ -81,8 +101,8 @@ def report_markdown(results: Sequence[dict], names: Sequence[str]) -> str:
   lines = ['# Comparison of evaluated runs', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for name, r in zip(names, results):
-    values = [evaluate.cell(name), f'`{r["likelihood"]}`', r['sampler'], str(r['step'])]
-    values += [evaluate.fmt(r["metrics"].get(k)) for k, _ in columns]
+    values = [results_lib.cell(name), f'`{r["likelihood"]}`', r['sampler'], str(r['step'])]
+    values += [results_lib.fmt(r["metrics"].get(k)) for k, _ in columns]
     lines.append('| ' + ' | '.join(values) + ' |')
   notes = ['"means" are the means of p(x|z) and "samples" draws from p(x|z), for z '
            'from the named sampler; FIDs are against the evaluation split.',
@@ -105,33 +125,56 @@ def _titled(image: np.ndarray, title: str) -> np.ndarray:
   return np.concatenate([np.asarray(strip), image], axis=0)
 
 
-def samples_figure(workdirs: Sequence[str], names: Sequence[str]) -> np.ndarray:
-  """Each run's means (top row) and samples (bottom row), runs side by side."""
+def _run_panel(means: np.ndarray, samples: np.ndarray, name: str) -> np.ndarray:
+  """One run: rows of SAMPLE_COLUMNS means, each above its samples, titled."""
+  rows, labels = [], []
+  for m, x in zip(plotting.wrap(plotting.to_rgb(means), SAMPLE_COLUMNS),
+                  plotting.wrap(plotting.to_rgb(samples), SAMPLE_COLUMNS)):
+    rows += [m, x]
+    labels += ['mean', 'sample']
+  return _titled(plotting.grid(rows, labels), name)
+
+
+def samples_figure(workdirs: Sequence[str], names: Sequence[str],
+                   sampler: str | None = None) -> np.ndarray:
+  """Each run's means and samples, RUNS_PER_ROW runs a row, rows one under another."""
   panels = []
-  for i, (workdir, name) in enumerate(zip(workdirs, names)):
-    with np.load(os.path.join(workdir, 'eval', evaluate.SAMPLES_NPZ)) as data:
-      rows = [plotting.to_rgb(data['means']), plotting.to_rgb(data['samples'])]
-    labels = ['mean', 'sample'] if i == 0 else None
-    panels.append(_titled(plotting.grid(rows, labels), name))
+  for workdir, name in zip(workdirs, names):
+    path = results_lib.eval_file(workdir, results_lib.SAMPLES_NPZ, sampler)
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f'{path} not found: evaluate the run again with '
+          f'{_evaluate_command(workdir, sampler)}.')
+    with np.load(path) as data:
+      panels.append(_run_panel(data['means'], data['samples'], name))
   height = max(p.shape[0] for p in panels)
-  padded = []
-  for p in panels:
-    p = np.pad(p, ((0, height - p.shape[0]), (0, GAP), (0, 0)), constant_values=255)
-    padded.append(p)
-  return np.concatenate(padded, axis=1)
+  width = max(p.shape[1] for p in panels)
+  padded = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1] + GAP), (0, 0)),
+                   constant_values=255) for p in panels]
+  rows = [np.concatenate(padded[i:i + RUNS_PER_ROW], axis=1)
+          for i in range(0, len(padded), RUNS_PER_ROW)]
+  return plotting.stack(rows, pad=GAP)
 
 
 def write_report(workdirs: Sequence[str], out_dir: str,
-                 names: Sequence[str] | None = None) -> dict[str, str]:
-  """Writes out_dir/report.md and out_dir/samples.png; returns their paths."""
+                 names: Sequence[str] | None = None,
+                 sampler: str | None = None) -> dict[str, str]:
+  """Writes out_dir/report.md and out_dir/samples.png; returns their paths.
+
+  `sampler` ('prior' or 'gmm'): every run's evaluation with that sampler;
+  None: each run's latest evaluation.
+  """
   if not workdirs:
     raise ValueError('no workdirs given: pass --workdirs=run_a,run_b')
-  results = [load_results(w) for w in workdirs]
+  results = [load_results(w, sampler) for w in workdirs]
   names = list(names) if names else run_names(workdirs)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f'--out={out_dir!r} is a file, not a folder: pass a folder for '
+                     'report.md and samples.png.')
   os.makedirs(out_dir, exist_ok=True)
   paths = {'markdown': os.path.join(out_dir, 'report.md'),
            'png': os.path.join(out_dir, 'samples.png')}
   with open(paths['markdown'], 'w') as f:
     f.write(report_markdown(results, names))
-  plotting.save_png(samples_figure(workdirs, names), paths['png'])
+  plotting.save_png(samples_figure(workdirs, names, sampler), paths['png'])
   return paths
