@@ -10,12 +10,14 @@ import pytest
 
 from experiments.configs import beta_vae
 from experiments.configs import default
+from experiments.configs import sos_factor_decoder
 from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax.models import build_model
 from sosvae_jax.models import get_likelihood
 from sosvae_jax.models import LIKELIHOODS
 from sosvae_jax.models import register_likelihood
 from sosvae_jax.models import variance_parameter_mask
+import train_fixtures
 
 
 def _init(config):
@@ -67,6 +69,77 @@ def test_variance_mask_selects_only_variance_heads():
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
   assert all(m == (('factor_head' in k) or ('diag_head' in k)) for k, m in flat.items())
   assert any(flat.values()) and not all(flat.values())
+
+
+def _factor_decoder_config(**likelihood):
+  config = sos_factor_decoder.get_config('smoke')
+  config.likelihood.factor_trunk = (8, 16)
+  config.likelihood.update(likelihood)
+  return config
+
+
+def _paths(tree) -> set[str]:
+  return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_without_factor_trunk_the_parameter_tree_is_unchanged():
+  config = default.get_config('smoke')
+  assert LIKELIHOODS['lowrank_gaussian'].fields(config.likelihood, 1)['factor_trunk'] is None
+  _, params, _ = _init(config)
+  assert set(params) == {'encoder', 'trunk', 'likelihood'}
+  assert _paths(params['likelihood']) == {
+      f"['{head}']['{conv}']['{leaf}']" for head, conv in
+      (('mean', 'mean_head'), ('factor', 'factor_head')) for leaf in ('kernel', 'bias')}
+
+
+def test_factor_trunk_builds_its_own_decoder_of_variance_parameters():
+  config = _factor_decoder_config()
+  model, params, x = _init(config)
+  decoder = params['likelihood']['factor_decoder']
+  # Same layers as the mean's trunk, with the factor trunk's channels.
+  assert set(decoder) == set(params['trunk'])
+  assert decoder['upconv1']['kernel'].shape[-1] == 8
+  out = model.apply({'params': params}, x, rngs={'sample': jax.random.PRNGKey(2)})
+  assert out.observation.cov_factor.shape == (2, 784, config.likelihood.rank)
+  mask = variance_parameter_mask(params, 'lowrank_gaussian')
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+  assert all(m == (('factor_decoder' in k) or ('factor_head' in k)) for k, m in flat.items())
+  assert all(m for k, m in flat.items() if 'factor_decoder' in k)
+
+
+def test_factor_trunk_sends_no_gradient_from_p_into_encoder_or_mean_trunk():
+  # Larger head weights so that every gradient that may flow is far from 0.
+  config = _factor_decoder_config(head_init_stddev=0.1)
+  model, params, x = _init(config)
+
+  def factor_energy(p):
+    out = model.apply({'params': p}, x, rngs={'sample': jax.random.PRNGKey(2)})
+    return jnp.sum(jnp.square(out.observation.cov_factor))
+
+  grads = jax.grad(factor_energy)(params)
+  assert all(float(jnp.abs(g).max()) == 0.0
+             for g in jax.tree.leaves((grads['encoder'], grads['trunk'])))
+  assert all(float(jnp.abs(g).max()) > 0.0
+             for g in jax.tree.leaves(grads['likelihood']['factor_decoder']))
+
+
+def test_factor_trunk_smoke_train_step_updates_the_factor_decoder():
+  config, state, step = train_fixtures.smoke_step(_factor_decoder_config())
+  after, metrics = step(state, train_fixtures.random_batch(0))
+  assert np.isfinite(float(metrics['loss']))
+  before, now = (jax.tree.leaves(s.params['likelihood']['factor_decoder'])
+                 for s in (state, after))
+  assert all(not np.array_equal(a, b) for a, b in zip(before, now))
+
+
+def test_factor_trunk_that_overshoots_the_image_is_rejected():
+  config = _factor_decoder_config()
+  entry = LIKELIHOODS['lowrank_gaussian']
+  assert entry.problems(config) == []
+  config.likelihood.factor_trunk = (8, 16, 32)  # 28 is not divisible by 8
+  assert any('factor_trunk' in p and '2**3' in p for p in entry.problems(config))
+  config.likelihood.factor_trunk = (8, 0)
+  assert any('positive ints' in p for p in entry.problems(config))
 
 
 def test_unknown_likelihood_lists_choices():

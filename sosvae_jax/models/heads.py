@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from sosvae_jax.distributions import diagonal_normal
 from sosvae_jax.distributions import LowRankMultivariateNormal
+from sosvae_jax.models.networks import ConvDecoderTrunk
 
 Array = jax.Array
 
@@ -130,6 +131,15 @@ class LowRankGaussianLikelihood(nn.Module):
   sosvae_tmlr2022.txt section 3: three heads (mean, factor P of rank R,
   diagonal D); D fixed to `fixed_diag` I (the paper uses 1e-5) unless
   `fixed_diag` is None, then predicted per pixel with floor `min_variance`.
+
+  `factor_trunk` None: P is a 3x3 conv of the (variance) trunk features. A
+  tuple of channels: P comes from its own ConvDecoderTrunk on
+  stop_gradient(z), then the same 3x3 conv. The shared-feature head can only
+  span what a 3x3 readout of the mean's features spans and its spectrum
+  collapses to one brightness direction; its own trunk lifts the
+  participation ratio from ~1.1 to ~5 (docs/structure_study.md). z is
+  detached so that, as with detached features, only the mean and the KL
+  train the encoder.
   """
 
   channels: int
@@ -139,18 +149,31 @@ class LowRankGaussianLikelihood(nn.Module):
   init_variance: float = 0.05
   head_init_stddev: float = 1e-5
   detach_variance_features: bool = False
+  factor_trunk: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, features: Array, target: Array | None = None, *,
-               train: bool = False, step: Array | None = None) -> distrax.Distribution:
-    del target, train, step  # Parameters depend on the features alone.
+               train: bool = False, step: Array | None = None,
+               z: Array | None = None) -> distrax.Distribution:
+    del target, train, step  # Parameters depend on the features (and z) alone.
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
     var_features = variance_features(features, self.detach_variance_features)
     factor = FactorHead(self.channels, self.rank, self.head_init_stddev,
-                        name='factor')(var_features)
+                        name='factor')(self._factor_features(var_features, z))
     if self.fixed_diag is None:
       diag = DiagonalHead(self.channels, self.min_variance, self.init_variance,
                           self.head_init_stddev, name='diag')(var_features)
     else:
       diag = jnp.full(mean.shape, self.fixed_diag, mean.dtype)
     return LowRankMultivariateNormal(mean, factor, diag)
+
+  def _factor_features(self, var_features: Array, z: Array | None) -> Array:
+    """What the factor head reads: the trunk features, or its own trunk on z."""
+    if self.factor_trunk is None:
+      return var_features
+    if z is None:
+      raise ValueError('LowRankGaussianLikelihood with factor_trunk needs the latent '
+                       'z (the VAE passes it as z=...).')
+    image_shape = (*var_features.shape[1:3], self.channels)
+    return ConvDecoderTrunk(tuple(self.factor_trunk), image_shape,
+                            name='factor_decoder')(jax.lax.stop_gradient(z))

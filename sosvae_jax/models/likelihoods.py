@@ -11,6 +11,9 @@ A likelihood head is a flax module
   rybkin2021_sigma_vae_calibrated_decoders.txt) read it.
 * `train`: True only inside the train step; `step`: the int32 train step
   (None outside training), for schedules.
+* `z` [B, L]: the latent, passed only to heads whose __call__ declares a
+  keyword `z=None` (the low-rank head with its own factor trunk reads it);
+  other heads need not declare it.
 
 The distribution's event shape may be any shape with H*W*C elements: [S]
 (row-major over H, W, C) for the Gaussian ones, [H, W, C] for the discrete
@@ -291,16 +294,36 @@ def _check_learned_floor(fields: Mapping[str, Any], config) -> list[str]:
   return _MIN_VARIANCE('min_variance', fields.get('min_variance'))
 
 
+def _check_factor_trunk(fields: Mapping[str, Any], config) -> list[str]:
+  """None, or positive channel counts whose upsamplings reach the image size."""
+  trunk = fields.get('factor_trunk')
+  if trunk is None:
+    return []
+  fix = 'pass None (P from the trunk features) or e.g. --config.likelihood.{field}=(16,32)'
+  if not (isinstance(trunk, (tuple, list)) and trunk
+          and all(_is_int(c) and c > 0 for c in trunk)):
+    return [problem('factor_trunk', trunk, 'the channels of the factor decoder must '
+                    'be a non-empty tuple of positive ints', fix.format(field='factor_trunk'))]
+  shape = _image_shape(config)
+  step = 2 ** len(trunk)
+  if shape is None or not (shape[0] % step or shape[1] % step):
+    return []
+  return [problem('factor_trunk', trunk, f'each entry doubles the image side, so '
+                  f'H={shape[0]} and W={shape[1]} must be divisible by 2**{len(trunk)}',
+                  'use fewer entries')]
+
+
 register_likelihood('diagonal_gaussian', Likelihood(
     DiagonalGaussianLikelihood, variance_heads=('diag_head',),
     field_checks={'min_variance': _MIN_VARIANCE},
     entropy_floor=diagonal_entropy_floor))
 register_likelihood('lowrank_gaussian', Likelihood(
-    LowRankGaussianLikelihood, variance_heads=('diag_head', 'factor_head'),
+    LowRankGaussianLikelihood,
+    variance_heads=('diag_head', 'factor_head', 'factor_decoder'),
     field_checks={'fixed_diag': positive(
         'D = fixed_diag * I must be positive definite; None = a learned diagonal',
         none_ok=True)},
-    checks=(_check_rank, _check_learned_floor),
+    checks=(_check_rank, _check_learned_floor, _check_factor_trunk),
     entropy_floor=diagonal_entropy_floor, low_rank=True))
 
 

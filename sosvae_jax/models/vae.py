@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import distrax
@@ -23,6 +24,11 @@ class VAEOutput(NamedTuple):
   z: Array  # [B, L]
 
 
+def reads_latent(head: nn.Module) -> bool:
+  """Whether the head's __call__ declares a keyword `z` (the latent)."""
+  return 'z' in inspect.signature(type(head).__call__).parameters
+
+
 class VAE(nn.Module):
   """q(z|x) -> z (reparameterised, rng stream 'sample') -> p(x|z)."""
 
@@ -35,8 +41,12 @@ class VAE(nn.Module):
 
   def decode(self, z: Array, target: Array | None = None, *, train: bool = False,
              step: Array | None = None) -> distrax.Distribution:
-    """p(x|z); `target` (the image, when known) is passed to the head."""
-    return self.likelihood(self.trunk(z), target, train=train, step=step)
+    """p(x|z); `target` (the image, when known) is passed to the head.
+
+    z itself goes only to heads that declare a keyword `z` (models/likelihoods.py).
+    """
+    latent = {'z': z} if reads_latent(self.likelihood) else {}
+    return self.likelihood(self.trunk(z), target, train=train, step=step, **latent)
 
   def __call__(self, x: Array, *, train: bool = False,
                step: Array | None = None) -> VAEOutput:
