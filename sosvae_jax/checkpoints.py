@@ -82,7 +82,8 @@ def _differing_fields(old, new, prefix: str = '') -> list[str]:
   return out
 
 
-def _checkpoint_steps(workdir: str) -> list[int]:
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints in workdir/checkpoints (orbax: one folder per step)."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     return []
@@ -96,7 +97,7 @@ def workdir_problems(config, workdir: str) -> list[str]:
   Compares what fixes shapes (the train state of workdir/config.json and of
   `config`, traced, not computed), then names the config fields that differ.
   """
-  steps = _checkpoint_steps(workdir)
+  steps = checkpoint_steps(workdir)
   if not steps or not os.path.isfile(os.path.join(workdir, CONFIG_JSON)):
     return []
   try:

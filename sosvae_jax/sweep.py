@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from sosvae_jax import checkpoints
 from sosvae_jax import config_checks
 from sosvae_jax import metric_writers
 from sosvae_jax import train
@@ -280,7 +281,8 @@ def check_points(points: Sequence[Point], num_devices: int | None = None) -> Non
   problems = []
   for p in points:
     try:
-      config_checks.check_config(p.config, workdir=p.workdir, num_devices=num_devices)
+      config_checks.check_config(p.config, num_devices=num_devices)
+      checkpoints.check_workdir(p.config, p.workdir)
     except config_checks.ConfigError as e:
       problems.append(f'point {p.index} ({p.name}) {dict(p.overrides)}: {e}')
   if problems:
@@ -463,18 +465,9 @@ def command(config_arg: str, base_overrides: Mapping[str, Any], point: Point, *,
 # ----------------------------------------------------------------------------
 # Running.
 # ----------------------------------------------------------------------------
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps of the checkpoints in workdir/checkpoints (orbax: one folder per step)."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
-
-
 def is_trained(workdir: str, num_steps: int) -> bool:
   """A checkpoint at num_steps (or later) exists: nothing left to train."""
-  steps = checkpoint_steps(workdir)
+  steps = checkpoints.checkpoint_steps(workdir)
   return bool(steps) and steps[-1] >= num_steps
 
 
@@ -536,7 +529,7 @@ def evaluate_point(point: Point) -> Outcome:
   from sosvae_jax.evaluation import evaluate, settings  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   done = _read_json(os.path.join(point.workdir, EVAL_RESULTS))
-  steps = checkpoint_steps(point.workdir)
+  steps = checkpoints.checkpoint_steps(point.workdir)
   if done is not None and steps and done.get('step') == steps[-1]:
     return Outcome(FINISHED, 'evaluation already written')
   try:
@@ -639,7 +632,8 @@ def point_status(workdir: str, num_steps: int | None,
     return FINISHED, ''
   if record.get('status') in (FAILED, NONFINITE):
     return record['status'], message
-  if checkpoint_steps(workdir) or os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+  if (checkpoints.checkpoint_steps(workdir)
+      or os.path.isfile(os.path.join(workdir, 'metrics.jsonl'))):
     return UNFINISHED, message or 'started, not trained to num_steps'
   return NOT_STARTED, ''
 
