@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 48
 # A tiny evaluation; both runs share one cached classifier.
 TINY = dict(num_samples=24, iwae_k=4, iwae_chunk=4, batch_size=16, mi_examples=20,
-            mi_samples=2, gmm_examples=40, coherence_examples=24)
+            mi_samples=2, gmm_examples=40, coherence_examples=24, structure_examples=16)
 CLI_FLAGS = ['--config=experiments/configs/default.py', '--config.evaluation.iwae_k=4',
              '--config.evaluation.iwae_chunk=4', '--config.evaluation.batch_size=16',
              '--config.evaluation.mi_examples=20', '--config.evaluation.classifier.num_steps=5']
@@ -207,3 +207,21 @@ def test_tensorboard_gets_results_and_hparams(runs):
   assert plugin
   content = b''.join(v.metadata.plugin_data.content for v in plugin)
   assert b'likelihood.name' in content and b'lowrank_gaussian' in content
+
+
+def test_low_rank_runs_report_their_structure(runs):
+  prior_dir, _, _ = runs
+  results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
+  metrics, info = results['metrics'], results['structure']
+  rank = default.get_config('smoke').likelihood.rank
+  assert info['images'] == 16
+  for where in ('test_posterior_mean', 'prior'):
+    spectrum = info[where]['singular_values']
+    assert len(spectrum) == rank and spectrum == sorted(spectrum, reverse=True)
+    assert 1.0 <= info[where]['participation_ratio'] <= rank
+  assert 0.0 <= metrics['structure_span_share'] <= 1.0
+  assert 0.0 <= metrics['structure_pca_span_share'] <= 1.0
+  assert 0.0 <= metrics['structure_prior_centre_negative_share'] <= 1.0
+  assert metrics['structure_participation_ratio'] == pytest.approx(
+      info['test_posterior_mean']['participation_ratio'])
+  assert 'structure_prior_span_share' not in metrics  # no residual for a prior draw

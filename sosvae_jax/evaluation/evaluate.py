@@ -48,6 +48,7 @@ from sosvae_jax import input_pipeline
 from sosvae_jax import metric_writers
 from sosvae_jax.models import likelihoods
 from sosvae_jax import objectives
+from sosvae_jax import observation
 from sosvae_jax.config_checks import SAMPLERS
 from sosvae_jax.evaluation import classifier as classifier_lib
 from sosvae_jax.evaluation import coherence
@@ -56,6 +57,7 @@ from sosvae_jax.evaluation import features as features_lib
 from sosvae_jax.evaluation import frechet
 from sosvae_jax.evaluation import gmm as gmm_lib
 from sosvae_jax.evaluation import inception
+from sosvae_jax.evaluation import structure
 from sosvae_jax.evaluation.results import Evaluation
 from sosvae_jax.evaluation.results import results_markdown
 from sosvae_jax.evaluation.results import write_results
@@ -99,6 +101,12 @@ def _generate(variables, z: Array, key: Array, *, model,
   dist = model.apply(variables, z, method='decode')
   shape = (z.shape[0],) + tuple(image_shape)
   return dist.mean().reshape(shape), dist.sample(seed=key).reshape(shape)
+
+
+def _lowrank_parts(variables, z: Array, *, model) -> tuple[Array, Array]:
+  """(mean [B, S], covariance factor P [B, S, R]) of a low-rank p(x|z)."""
+  dist = model.apply(variables, z, method='decode')
+  return dist.loc, dist.cov_factor
 
 
 @functools.lru_cache(maxsize=16)
@@ -171,6 +179,34 @@ def _likelihood_metrics(run, images: np.ndarray, s: EvalSettings,
   if s.iwae_k:
     metrics['iwae'] = means['iwae']
   return metrics, np.concatenate(post_means), np.concatenate(post_log_vars)
+
+
+def _structure(run, images: np.ndarray, post_mean: np.ndarray, s: EvalSettings,
+               key: Array) -> tuple[dict[str, float], dict[str, Any]]:
+  """Structure of P (evaluation/structure.py) on test images at the posterior
+  mean, against a PCA basis of their residuals, and on prior samples.
+
+  Returns ({'structure_<name>' / 'structure_prior_<name>': float}, the two
+  full reports with their mean singular-value spectra).
+  """
+  n = min(s.structure_examples, len(images))
+  parts = _compiled(_lowrank_parts, run.model)
+
+  def decode(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = [jax.device_get(parts(run.variables, jnp.asarray(z[i:i + s.batch_size])))
+           for i in range(0, len(z), s.batch_size)]
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+  pixel = observation.central_pixel_index(tuple(run.config.data.image_shape))
+  mean, factor = decode(post_mean[:n])
+  x = np.asarray(input_pipeline.preprocess(images[:n]), np.float32).reshape(n, -1)
+  test = structure.structure_report(factor, x - mean, pixel_index=pixel)
+  z = np.asarray(jax.random.normal(key, (n, post_mean.shape[-1])))
+  prior = structure.structure_report(decode(z)[1], None, pixel_index=pixel)
+  metrics = {f'structure_{k}': float(test[k]) for k in structure.REPORT_KEYS if k in test}
+  metrics.update({f'structure_prior_{k}': float(prior[k])
+                  for k in structure.REPORT_KEYS if k in prior})
+  return metrics, {'test_posterior_mean': test, 'prior': prior, 'images': n}
 
 
 def bits_per_dim(log_p: float, num_dims: int, discrete: bool) -> float:
@@ -303,6 +339,7 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   num_dims = int(np.prod(config.data.image_shape))
   key = jax.random.PRNGKey(s.seed)
   keys = dict(zip(('elbo', 'mi', 'sampler', 'generate'), jax.random.split(key, 4)))
+  keys['structure'] = jax.random.fold_in(key, 5)
   logging.info('Evaluating %s (step %d, likelihood %s).', workdir, run.step,
                config.likelihood.name)
 
@@ -317,6 +354,11 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
     metrics['nll_iwae_nats'] = -metrics['iwae']
     metrics['nll_iwae_bits_per_dim'] = bits_per_dim(metrics['iwae'], num_dims,
                                                     entry.discrete)
+  structure_info = None
+  if entry.low_rank and s.structure_examples:
+    structure_metrics, structure_info = _structure(run, images, post_mean, s,
+                                                   keys['structure'])
+    metrics.update(structure_metrics)
   if s.mi_examples:
     n = min(s.mi_examples, len(post_mean))
     mi, marginal_kl = estimators.mutual_information_and_marginal_kl(
@@ -354,6 +396,7 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
       'iwae_k': s.iwae_k, 'mi_examples': min(s.mi_examples, len(images)),
       **sampler_info, 'feature_networks': nets_info, 'metrics': metrics,
       'notes': notes, 'seconds': round(time.time() - t0, 1),
+      **({'structure': structure_info} if structure_info else {}),
       'settings': {k: v for k, v in dataclasses.asdict(s).items()},
   }
   return Evaluation(results, mixture, grid_images)

@@ -37,6 +37,9 @@ class EvalSettings:
       a dict in a config.
     inception_weights: converted Inception .npz; None skips Inception FID.
     coherence_examples: generated images the coherence statistics pool.
+    structure_examples: evaluation images (at the posterior mean) and prior
+      samples whose low-rank factors the structure report measures; 0 skips
+      it. Only for likelihoods with a low-rank factor.
     seed: seeds every random draw of the evaluation.
   """
 
@@ -56,6 +59,7 @@ class EvalSettings:
   classifier: classifier_lib.ClassifierSettings = classifier_lib.ClassifierSettings()
   inception_weights: str | None = None
   coherence_examples: int = 1000
+  structure_examples: int = 1000
   seed: int = 0
 
   def problems(self) -> list[str]:
@@ -65,7 +69,7 @@ class EvalSettings:
                  'gmm_examples', 'coherence_examples'):
       if getattr(self, name) < 1:
         out.append(f'{name}={getattr(self, name)} must be >= 1')
-    for name in ('eval_examples', 'iwae_k', 'mi_examples'):
+    for name in ('eval_examples', 'iwae_k', 'mi_examples', 'structure_examples'):
       if getattr(self, name) < 0:
         out.append(f'{name}={getattr(self, name)} must be >= 0 (0: all / skip)')
     if self.num_samples < 2:

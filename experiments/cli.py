@@ -1,0 +1,110 @@
+"""Exit codes and user-error handling shared by every command line of experiments/.
+
+Exit codes (a scheduler or a script can tell these apart):
+  0  done.
+  1  an internal error (a bug): Python's traceback is shown.
+  2  a user mistake (flag, config file or field, data file, image folder,
+     workdir): one message naming the thing, its value, why and what to do;
+     nothing was compiled or trained.
+  3  training stopped on non-finite steps (config.max_nonfinite_steps in a
+     row); the last good checkpoint is kept, the message says what to change.
+  4  stopped early but resumable: SIGTERM / SIGINT (Ctrl-C) or a pre-emption
+     notice; a checkpoint was written, rerun the same command to continue.
+  130  interrupted where nothing could be saved: a second Ctrl-C while the
+     last checkpoint is written, or Ctrl-C before the train loop started;
+     the last complete checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Sequence
+
+from absl import flags
+from absl import logging
+
+USER_ERROR = 2
+NON_FINITE = 3
+STOPPED_EARLY = 4
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd process
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """The exceptions that mean a wrong input (each message says what to do)."""
+  # Imported here: a command's flags are parsed (and --help answered) before
+  # jax and the package load.
+  from sosvae_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import workdir  # pylint: disable=g-import-not-at-top
+  return (config_checks.ConfigError, input_pipeline.DataNotFoundError,
+          input_pipeline.DataError, workdir.WorkdirError)
+
+
+def fail(message: str, code: int = USER_ERROR) -> None:
+  """Logs `message` as one error and exits with `code` (no traceback)."""
+  logging.error('%s', message)
+  sys.exit(code)
+
+
+def _flag_error_text(error: flags.Error) -> str:
+  """The last line of a flag error: config_flags wraps the config file's
+  traceback into the message, of which only the final error is the news."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  flag = lines[0].rstrip(':') if lines else ''
+  cause = lines[-1] if len(lines) > 1 else ''
+  return f'{flag}: {cause}' if cause and cause not in flag else flag
+
+
+def _unknown_override(argv: Sequence[str], error: Exception) -> str:
+  """What to say when a --config.a.b=... override names a missing field.
+
+  config_flags raises a bare KeyError / AttributeError holding only the
+  missing key (and ConfigDict's did-you-mean hint); the argument is found
+  by that key.
+  """
+  text = str(error).strip('"\'')
+  missing = re.search(r"'?([\w-]+)'?", text)
+  hint = re.search(r'(Did you mean .*)', text)
+  for arg in argv:
+    path = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else ''
+    if missing and missing.group(1) in path.split('.'):
+      return (f'{arg}: the config has no field config.{path} '
+              f'({missing.group(1)!r} is unknown{"; " + hint.group(1) if hint else ""}); '
+              'check the spelling (--helpfull lists every --config.* field)')
+  return f'a --config.* override names a field the config does not have ({text})'
+
+
+def _config_load_error() -> str | None:
+  """The error of a --config file that could not be loaded, else None.
+
+  config_flags defers a missing or unimportable file's error to the first
+  use of the config, which would be deep inside the run.
+  """
+  if 'config' not in flags.FLAGS or flags.FLAGS['config'].value is None:
+    return None
+  try:
+    flags.FLAGS['config'].value.keys()
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return (f'--config={flags.FLAGS["config"].serialize().split("=", 1)[-1]}: the '
+            f'config file cannot be loaded ({lines[-1] if lines else e}); pass an '
+            'existing file such as experiments/configs/default.py')
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for app.run(..., flags_parser=parse_flags), with
+  every flag mistake (unknown flag or config field, bad value, a config
+  file that raises) ending in one line and exit code 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+    message = _config_load_error()
+    if message is None:
+      return remaining
+  except flags.Error as e:
+    message = _flag_error_text(e)
+  except (AttributeError, KeyError) as e:
+    message = _unknown_override(argv[1:], e)
+  sys.stderr.write(f'Error: {message}\nPass --helpshort to see the flags.\n')
+  sys.exit(USER_ERROR)
