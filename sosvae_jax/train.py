@@ -30,9 +30,10 @@ from sosvae_jax import sharding
 from sosvae_jax import snapshots
 from sosvae_jax import train_state as train_state_lib
 from sosvae_jax import workdir as workdir_lib
+from sosvae_jax.distributions import capacitance_cholesky
+from sosvae_jax.models import LIKELIHOODS
 from sosvae_jax.models import PENALTY_COLLECTION
 from sosvae_jax.models import STATS_COLLECTION
-from sosvae_jax.models import variance_parameter_mask
 from sosvae_jax.train_state import all_finite
 from sosvae_jax.train_state import model_variables
 from sosvae_jax.train_state import RunParts
@@ -99,11 +100,14 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
                tx: optax.GradientTransformation,
                multiplier_tx: optax.GradientTransformation,
                constraints: Mapping[str, lagrangian.Constraint],
-               likelihood_name: str = '',
                pretrain_steps: int = 0,
-               variance_lr_scale: float = 1.0,
                kl_weight: float = 1.0) -> tuple[TrainState, dict[str, Array]]:
-  """One step: descent on the network, projected ascent on the multipliers."""
+  """One step: descent on the network, projected ascent on the multipliers.
+
+  The mean-head pretraining freeze and the variance heads' learning-rate
+  scale are part of `tx` (train_state.make_optimizer); `pretrain_steps` only
+  labels the metrics.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(
       functools.partial(loss_fn, model=model, constraints=constraints,
@@ -111,16 +115,8 @@ def train_step(state: TrainState, batch: Array, *, model: nn.Module,
       argnums=(0, 1), has_aux=True)
   (_, (metrics, model_state)), (grads, mult_grads) = grad_fn(
       state.params, state.multipliers, state.model_state, batch, rng, state.step)
-  # Mean-head pretraining: variance heads frozen (sosvae_tmlr2022.txt 3.3).
   pretraining = state.step < pretrain_steps
-  variance = (variance_parameter_mask(grads, likelihood_name) if likelihood_name
-              else jax.tree.map(lambda _: False, grads))
-  grads = jax.tree.map(lambda g, v: jnp.where(v & pretraining, 0.0, g), grads, variance)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  if variance_lr_scale != 1.0:
-    # Slower variance heads: P may only grow as fast as the mean can follow.
-    updates = jax.tree.map(lambda u, v: u * variance_lr_scale if v else u,
-                           updates, variance)
   params = optax.apply_updates(state.params, updates)
   mult_updates, mult_state = multiplier_tx.update(
       mult_grads, state.multiplier_opt_state, state.multipliers)
@@ -176,9 +172,7 @@ def step_function(config, parts: RunParts) -> Callable:
   return functools.partial(train_step, model=parts.model, tx=parts.tx,
                            multiplier_tx=parts.multiplier_tx,
                            constraints=parts.constraints,
-                           likelihood_name=config.likelihood.name,
                            pretrain_steps=config.pretrain_steps,
-                           variance_lr_scale=config.optimizer.get('variance_lr_scale', 1.0),
                            kl_weight=config.get('kl_weight', 1.0))
 
 
@@ -198,6 +192,42 @@ def setup(config) -> RunSetup:
 # ----------------------------------------------------------------------------
 class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps."""
+
+
+# ----------------------------------------------------------------------------
+# Why a run diverged.
+# ----------------------------------------------------------------------------
+def capacitance_diagnosis(cov_factor: np.ndarray, cov_diag: np.ndarray) -> str:
+  """Where the low-rank likelihood's R x R capacitance C = I + P^T D^-1 P
+  fails: its float64 condition numbers and whether float32 Cholesky gives NaN.
+
+  jnp.linalg.cholesky returns NaN instead of raising, so without this a
+  failed factorisation shows only as a non-finite loss.
+
+  Args:
+    cov_factor: P, [B, S, R].
+    cov_diag: d, [B, S].
+  """
+  p64 = np.asarray(cov_factor, np.float64)
+  w = p64 / np.sqrt(np.asarray(cov_diag, np.float64))[..., None]  # (B, S, R)
+  capacitance = np.eye(p64.shape[-1]) + np.einsum('bsr,bsq->brq', w, w)  # (B, R, R)
+  finite = np.all(np.isfinite(capacitance), axis=(-2, -1))
+  if not finite.all():
+    return (f'the R x R capacitance I + P^T D^-1 P of the low-rank likelihood is '
+            f'non-finite for {int((~finite).sum())} of {len(finite)} images (P or D '
+            'is non-finite or D underflows)')
+  condition = np.linalg.cond(capacitance)  # (B,)
+  # The factorisation the likelihood itself does, in its own precision.
+  failed = ~np.all(np.isfinite(np.asarray(capacitance_cholesky(
+      jnp.asarray(cov_factor), jnp.asarray(cov_diag)))), axis=(-2, -1))
+  if not failed.any():
+    return ''
+  return (f'the R x R capacitance I + P^T D^-1 P of the low-rank likelihood has '
+          f'condition numbers up to {condition.max():.2g} (float64 estimate; float32 '
+          f'holds ~7 digits) and its float32 Cholesky returned NaN for '
+          f'{int(failed.sum())} of {len(failed)} images: the factor P has grown far '
+          'larger than the diagonal D allows (raise config.likelihood.fixed_diag or '
+          'min_variance, or lower config.optimizer.variance_lr_scale)')
 
 
 def _format_duration(seconds: float) -> str:
@@ -223,8 +253,13 @@ def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
 
 
 def _check_nonfinite(in_a_row: int, step: int, limit: int,
-                     manager: ocp.CheckpointManager) -> None:
-  """Warns about a skipped step; stops the run after `limit` in a row."""
+                     manager: ocp.CheckpointManager,
+                     diagnose: Callable[[], str] | None = None) -> None:
+  """Warns about a skipped step; stops the run after `limit` in a row.
+
+  `diagnose` names the quantity that failed (e.g. capacitance_diagnosis), or
+  returns ''.
+  """
   if in_a_row == 0:
     return
   logging.warning('Step %d: non-finite loss, gradient or update; parameters and '
@@ -234,10 +269,17 @@ def _check_nonfinite(in_a_row: int, step: int, limit: int,
     last = manager.latest_step()
     where = (f'the last good checkpoint is step {last} in {manager.directory}'
              if last is not None else 'no checkpoint was written yet')
+    try:
+      cause = diagnose() if diagnose is not None else ''
+    except Exception as e:  # pylint: disable=broad-except
+      # A diagnosis must never hide the message it adds to.
+      logging.warning('Could not diagnose the non-finite steps: %s', e)
+      cause = ''
     raise NonFiniteError(
         f'Stopping at step {step}: {in_a_row} consecutive steps had a non-finite '
-        f'loss or gradient (config.max_nonfinite_steps={limit}); {where}. Lower '
-        'config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, '
+        f'loss or gradient (config.max_nonfinite_steps={limit}); {where}. '
+        + (f'Cause found on the last batch: {cause}. ' if cause else '') +
+        'Lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, '
         'then rerun the same command to resume from that checkpoint.')
 
 
@@ -343,6 +385,15 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
                    results['elbo'], results['kl'], entropy, path)
     return results
 
+  def diagnose() -> str:
+    """Why the last batch is non-finite, where a known cause can be checked."""
+    if not LIKELIHOODS[config.likelihood.name].low_rank or jax.process_count() > 1:
+      return ''
+    out = model.apply(model_variables(state.params, state.model_state),
+                      input_pipeline.preprocess(batch), rngs={'sample': streams['eval']})
+    return capacitance_diagnosis(*jax.device_get((out.observation.cov_factor,
+                                                  out.observation.cov_diag)))
+
   watch = plateau.PlateauWatch(config.likelihood)
 
   # ----------------------------------------------------------------- loop
@@ -359,7 +410,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
       state, metrics = step_fn(state, batch)
       # Reading the previous step's counter lets this step run meanwhile.
       if pending is not None:
-        _check_nonfinite(int(pending), step - 1, max_nonfinite, manager)
+        _check_nonfinite(int(pending), step - 1, max_nonfinite, manager, diagnose)
       pending = metrics['nonfinite_in_a_row']
       if step % config.log_every_steps == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)
@@ -388,7 +439,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
                         step)
         break
     if pending is not None:
-      _check_nonfinite(int(pending), step, max_nonfinite, manager)
+      _check_nonfinite(int(pending), step, max_nonfinite, manager, diagnose)
   if start_step >= config.num_steps:
     logging.info('Nothing to do: checkpoint step %d >= num_steps %d.', start_step,
                  config.num_steps)

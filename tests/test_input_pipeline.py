@@ -111,3 +111,32 @@ def test_process_shards_are_disjoint():
     ds = input_pipeline.batched_dataset(source, 5, seed=0, repeat=False, process_index=p, process_count=2)
     seen.append(set(np.concatenate([ds[i] for i in range(len(ds))]).ravel().tolist()))
   assert not (seen[0] & seen[1]) and len(seen[0] | seen[1]) == 40
+
+
+def test_truncated_gzip_idx_names_the_file(tmp_path):
+  name = 'train-images-idx3-ubyte'
+  _write_idx(str(tmp_path / (name + '.gz')), np.zeros((50, 28, 28)), gz=True)
+  raw = (tmp_path / (name + '.gz')).read_bytes()
+  (tmp_path / (name + '.gz')).write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(input_pipeline.DataError, match=f'{tmp_path / name}.*EOFError.*idx_dir'):
+    input_pipeline.load_idx_images(str(tmp_path), 'train')
+
+
+@pytest.mark.parametrize('header', [b'\x00\x00\x0d\x03', b'\x00\x00\x08\x09', b'PK\x03\x04',
+                                    b'\x00\x00'])
+def test_corrupt_idx_header_names_the_file(tmp_path, header):
+  path = tmp_path / 'train-images-idx3-ubyte'
+  path.write_bytes(header + bytes(200)[:max(0, 200 - len(header))] if len(header) == 4 else header)
+  with pytest.raises(input_pipeline.DataError, match=str(path)):
+    input_pipeline.read_idx(str(path))
+
+
+def test_tfds_with_no_data_folder_at_all_says_tfds_build(tmp_path, monkeypatch):
+  # A fresh user: no ~/tensorflow_datasets (here: TFDS_DATA_DIR pointing
+  # nowhere) and no --config.data.tfds_data_dir; tfds raises a KeyError.
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'absent'))
+  cfg = _tfds_cfg('mnist', (28, 28, 1))
+  cfg.tfds_data_dir = None
+  with pytest.raises(input_pipeline.DataNotFoundError,
+                     match='tfds build mnist --file_format=array_record'):
+    input_pipeline.get_source(cfg, 'train')

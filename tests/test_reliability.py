@@ -234,3 +234,46 @@ def test_diverging_run_ends_with_the_nonfinite_message(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 3, err[-3000:]
   assert 'consecutive steps had a non-finite' in err and 'Traceback' not in err
+
+
+# ------------------------------------------------ low-rank capacitance failure
+def _capacitance64(p, d):
+  w = p.astype(np.float64) / np.sqrt(d.astype(np.float64))[..., None]
+  return np.eye(p.shape[-1]) + np.einsum('bsr,bsq->brq', w, w)
+
+
+def test_failed_capacitance_factorisation_is_named():
+  # Parallel factor columns far above a tiny diagonal: I + P^T D^-1 P is
+  # exactly singular once rounded to float32, and jnp's Cholesky returns NaN
+  # silently (no error): the diagnosis must say so, with the condition.
+  column = np.random.default_rng(0).normal(size=(2, 784, 1)).astype(np.float32)
+  p, d = np.repeat(column, 3, axis=-1), np.full((2, 784), 1e-5, np.float32)
+  assert np.isnan(np.asarray(jnp.linalg.cholesky(jnp.asarray(_capacitance64(p, d),
+                                                             jnp.float32)))).any()
+  message = train.capacitance_diagnosis(p, d)
+  condition = np.linalg.cond(_capacitance64(p, d)).max()
+  assert f'condition numbers up to {condition:.2g}' in message
+  assert 'float32 Cholesky returned NaN for 2 of 2 images' in message
+  assert 'config.likelihood.fixed_diag' in message
+
+
+def test_sound_capacitance_is_not_blamed():
+  p = np.random.default_rng(1).normal(size=(2, 784, 3)).astype(np.float32) * 1e-2
+  assert train.capacitance_diagnosis(p, np.full((2, 784), 1e-5, np.float32)) == ''
+  p[0, 5, 1] = np.nan
+  assert 'non-finite for 1 of 2 images' in train.capacitance_diagnosis(
+      p, np.full((2, 784), 1e-5, np.float32))
+
+
+def test_nonfinite_message_carries_the_diagnosis(tmp_path):
+  manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'))
+  with pytest.raises(train.NonFiniteError, match='Cause found on the last batch: the '
+                     'capacitance failed. Lower'):
+    train._check_nonfinite(3, 10, 3, manager, lambda: 'the capacitance failed')
+
+  def broken():
+    raise RuntimeError('no model')
+  with pytest.raises(train.NonFiniteError) as info:  # a failing diagnosis hides nothing
+    train._check_nonfinite(3, 10, 3, manager, broken)
+  assert 'Cause found' not in str(info.value)
+  manager.close()

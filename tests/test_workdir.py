@@ -77,3 +77,29 @@ def test_config_json_keeps_the_first_launch(tmp_path):
   with open(os.path.join(tmp_path, 'launches.jsonl'), 'a') as f:
     f.write('{"time": "x", "chan')  # a torn line does not hide the last good one
   assert workdir_lib.effective_config(str(tmp_path))['num_steps'] == 100
+
+
+def test_relaunch_with_other_values_keeps_config_json_and_records_the_change(
+    tmp_path, caplog):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import train  # pylint: disable=g-import-not-at-top
+  config = default.get_config('smoke')
+  config.data.source = 'tfds'
+  with tfds.testing.mock_data(num_examples=64):
+    train.train_and_evaluate(config, str(tmp_path))
+    config.num_steps, config.eval_examples = 3, 8  # a finished run: nothing to do
+    with caplog.at_level('WARNING'):
+      state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6
+  assert json.loads((tmp_path / 'config.json').read_text())['num_steps'] == 6
+  launches = [json.loads(l) for l in (tmp_path / 'launches.jsonl').read_text().splitlines()]
+  assert [l['step'] for l in launches] == [0, 6]
+  assert launches[1]['changes'] == {'eval_examples': [16, 8], 'num_steps': [6, 3]}
+  assert 'eval_examples: 16 -> 8; num_steps: 6 -> 3' in caplog.text
+  # Readers see the run as last launched.
+  assert checkpoints.load_config(str(tmp_path)).num_steps == 3
+  # The lock was released when each run ended.
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    pass

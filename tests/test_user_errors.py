@@ -1,0 +1,123 @@
+"""Every user mistake at every command line: exit code 2, one message, no traceback."""
+
+import gzip
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = '--config=experiments/configs/default.py:smoke'
+
+
+def _command(module, *args):
+  """(returncode, stderr) of `python -m module args` on the CPU."""
+  proc = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=300,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  return proc.returncode, proc.stderr
+
+
+def _assert_user_error(result, *parts):
+  code, err = result
+  assert code == 2, f'exit code {code}:\n{err[-3000:]}'
+  assert 'Traceback' not in err, err[-3000:]
+  for part in parts:
+    assert part in err, f'{part!r} not in:\n{err[-3000:]}'
+
+
+def _idx_folder(tmp_path, cut: bool):
+  """The two image files of Fashion-MNIST, tiny; the training one cut short."""
+  for name, n in (('train-images-idx3-ubyte', 64), ('t10k-images-idx3-ubyte', 16)):
+    header = bytes([0, 0, 8, 3]) + b''.join(int(v).to_bytes(4, 'big') for v in (n, 28, 28))
+    raw = gzip.compress(header + bytes(n * 28 * 28))
+    if cut and name.startswith('train'):
+      raw = raw[:len(raw) // 2]
+    (tmp_path / (name + '.gz')).write_bytes(raw)
+  return tmp_path
+
+
+# ------------------------------------------------------------- flags, configs
+@pytest.mark.parametrize('args,parts', [
+    (['--config=experiments/configs/default.py:smok'], ["'smok' is unknown", 'valid: smoke']),
+    ([SMOKE, '--config.likelihood.rnk=3'], ['config.likelihood.rnk', 'rank']),
+    ([SMOKE, '--config.num_steps=abc'], ['--config.num_steps=abc']),
+    (['--config=experiments/configs/nope.py'], ['experiments/configs/nope.py',
+                                                'No such file']),
+    # ':smoke' pretrains for 2 steps.
+    ([SMOKE, '--config.num_steps=2'], ['config.pretrain_steps', 'never train']),
+], ids=['config_argument_typo', 'unknown_field', 'bad_value', 'missing_config_file',
+        'pretraining_whole_run'])
+def test_train_config_mistakes(tmp_path, args, parts):
+  _assert_user_error(_command('experiments.main', f'--workdir={tmp_path / "run"}', *args),
+                     *parts)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+# ------------------------------------------------------------------- data
+def test_truncated_idx_file(tmp_path):
+  (tmp_path / 'idx').mkdir()
+  folder = _idx_folder(tmp_path / 'idx', cut=True)
+  _assert_user_error(
+      _command('experiments.main', SMOKE, f'--workdir={tmp_path / "run"}',
+               f'--config.data.idx_dir={folder}'),
+      f'{folder}/train-images-idx3-ubyte[.gz]', 'EOFError', '--config.data.idx_dir')
+
+
+def test_image_folder_with_a_broken_and_a_wrongly_sized_file(tmp_path):
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for i in range(20):
+    Image.fromarray(np.full((28, 28), i, np.uint8)).save(folder / f'{i:02d}.png')
+  (folder / '98.png').write_bytes(b'not a png')
+  args = [SMOKE, f'--workdir={tmp_path / "run"}', '--config.data.source=folder',
+          f'--config.data.folder_dir={folder}']
+  _assert_user_error(_command('experiments.main', *args), f'{folder}/98.png', 'delete or replace')
+  (folder / '98.png').unlink()
+  Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / '99.png')
+  _assert_user_error(_command('experiments.main', *args), f'{folder}/99.png', '32x32',
+                     '28x28')
+
+
+# ---------------------------------------------------------------- workdirs
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'run').write_text('')
+  _assert_user_error(_command('experiments.main', SMOKE, f'--workdir={tmp_path / "run"}'),
+                     'is a file, not a folder')
+
+
+def test_evaluate_figures_and_report_of_a_folder_that_is_no_run(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  _assert_user_error(_command('experiments.main', '--mode=evaluate', f'--workdir={empty}'),
+                     'config.json not found')
+  _assert_user_error(_command('experiments.figures', f'--workdir={empty}'),
+                     'config.json not found')
+  _assert_user_error(_command('experiments.report', f'--workdirs={empty}',
+                              f'--out={tmp_path / "report"}'),
+                     'results.json not found', '--mode=evaluate')
+  _assert_user_error(_command('experiments.report', f'--workdirs={tmp_path / "absent"}',
+                              f'--out={tmp_path / "report"}'), 'is not a folder')
+
+
+def test_evaluate_and_figures_of_a_run_without_checkpoints(tmp_path):
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  workdir_lib.record_launch(str(run), default.get_config('smoke').to_json_best_effort(), 0)
+  _assert_user_error(_command('experiments.main', '--mode=evaluate', f'--workdir={run}'),
+                     'No checkpoint under', 'train first')
+  _assert_user_error(_command('experiments.figures', f'--workdir={run}'),
+                     'No checkpoint under', 'train first')
+
+
+def test_second_run_in_a_locked_workdir(tmp_path):
+  from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    _assert_user_error(_command('experiments.main', SMOKE, f'--workdir={tmp_path}'),
+                       'is in use by a run that is still going', f'pid {os.getpid()} on')
+  assert not (tmp_path / 'config.json').exists()
