@@ -13,6 +13,7 @@ import optax
 from sosvae_jax import lagrangian
 from sosvae_jax.models import build_model
 from sosvae_jax.models import PENALTY_COLLECTION
+from sosvae_jax.models import variance_parameter_mask
 
 Array = jax.Array
 
@@ -67,20 +68,44 @@ def model_variables(params, model_state) -> dict[str, Any]:
 # Optimizers.
 # ----------------------------------------------------------------------------
 def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam (after global-norm clipping when config.optimizer.grad_clip_norm).
+  """Adam on the network, with the variance heads frozen and slowed by label.
 
-  The mean-head pretraining freeze and the slower variance heads are applied
-  to the gradients and updates in train.train_step, by
-  variance_parameter_mask. (optax.multi_transform with a schedule, tried for
-  this, hung the default config's second step on XLA CPU; see the report.)
+  The parameters of the likelihood's variance heads (its registry entry names
+  them) are labelled 'variance'; optax.multi_transform gives them a schedule
+  that is 0 for the first config.pretrain_steps updates (mean-head
+  pretraining, sosvae_tmlr2022.txt section 3.3: their gradients are zero
+  before clipping and Adam, so Adam's moments see zeros while frozen) and a
+  scale config.optimizer.variance_lr_scale on their updates afterwards.
+  The learning rate goes through optax.inject_hyperparams, so it lives in
+  the optimizer state (a sweep may give each model its own).
+
+  The freeze counts optimizer updates: a skipped (non-finite) step, which
+  keeps the old optimizer state, lengthens it by one step.
   """
   cfg = config.optimizer
   if cfg.learning_rate <= 0:
     raise ValueError(f'config.optimizer.learning_rate={cfg.learning_rate} must be > 0.')
-  parts = []
+  name = config.likelihood.name
+
+  def labels(params):
+    mask = variance_parameter_mask(params, name)
+    return jax.tree.map(lambda v: 'variance' if v else 'other', mask)
+
+  def on_variance(transform):
+    return optax.multi_transform({'variance': transform, 'other': optax.identity()},
+                                 labels)
+
+  frozen_then_free = optax.join_schedules(
+      [optax.constant_schedule(0.0), optax.constant_schedule(1.0)],
+      [int(config.pretrain_steps)])
+  parts = [on_variance(optax.scale_by_schedule(frozen_then_free))]
   if cfg.get('grad_clip_norm', 0):
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adam(cfg.learning_rate))
+  parts.append(optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate))
+  # Slower variance heads: P may only grow as fast as the mean can follow.
+  # Always present, so that the optimizer state has one structure whatever
+  # the scale (a resume or a sweep may change it).
+  parts.append(on_variance(optax.scale(cfg.get('variance_lr_scale', 1.0))))
   return optax.chain(*parts)
 
 

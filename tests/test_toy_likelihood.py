@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import train_fixtures
+
 from experiments.configs import default
 from sosvae_jax import config_checks
 from sosvae_jax import train
@@ -81,20 +83,27 @@ def test_its_config_check_and_field_names_reach_the_checker():
 
 
 def test_it_trains_freezes_its_variance_head_resumes_and_evaluates(tmp_path):
-  initial = train.setup(_config(2)).state.params['likelihood']
+  run = train.setup(_config(4))
+  initial = run.state.params['likelihood']
   mask = variance_parameter_mask(initial, NAME)
   assert all(mask['toy_scale'].values()) and not any(mask['toy_mean'].values())
+  step = jax.jit(run.step)
+  state = run.state
+  batch = train_fixtures.random_batch(0)
+  for _ in range(2):  # pretrain_steps = 2: the variance head is frozen
+    state, _ = step(state, batch)
+  head = state.params['likelihood']
+  for leaf in ('kernel', 'bias'):
+    np.testing.assert_array_equal(head['toy_scale'][leaf], initial['toy_scale'][leaf])
+  assert not np.array_equal(head['toy_mean']['kernel'], initial['toy_mean']['kernel'])
+  state, _ = step(state, batch)  # then it trains
+  assert not np.array_equal(state.params['likelihood']['toy_scale']['bias'],
+                            head['toy_scale']['bias'])
   with tfds.testing.mock_data(num_examples=32):
-    pretrained = train.train_and_evaluate(_config(2), str(tmp_path))
-    assert int(pretrained.step) == 2
-    head = pretrained.params['likelihood']
-    for leaf in ('kernel', 'bias'):  # frozen for pretrain_steps = 2
-      np.testing.assert_array_equal(head['toy_scale'][leaf], initial['toy_scale'][leaf])
-    assert not np.array_equal(head['toy_mean']['kernel'], initial['toy_mean']['kernel'])
-    resumed = train.train_and_evaluate(_config(4), str(tmp_path))  # from step 2
+    first = train.train_and_evaluate(_config(3), str(tmp_path))
+    assert int(first.step) == 3
+    resumed = train.train_and_evaluate(_config(4), str(tmp_path))  # from step 3
     assert int(resumed.step) == 4
-    assert not np.array_equal(resumed.params['likelihood']['toy_scale']['bias'],
-                              head['toy_scale']['bias'])
     results = evaluate.evaluate_and_write(
         str(tmp_path), num_samples=8, eval_examples=16, iwae_k=2, iwae_chunk=2,
         batch_size=8, mi_examples=8, mi_samples=2, gmm_examples=16,
