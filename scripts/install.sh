@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Installs sosvae_jax into ./.venv (exact versions from requirements.lock) and,
 # when missing and possible, Debian's dataset-fashion-mnist (the default data).
+#   bash scripts/install.sh            # what the runs and tests need
+#   bash scripts/install.sh --extras   # also TensorBoard, JupyterLab, nbconvert
+#                                      # (requirements-extras.lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+EXTRAS=0
+for arg in "$@"; do
+  case "$arg" in
+    --extras) EXTRAS=1 ;;
+    *) echo "[install] unknown argument $arg (known: --extras)" >&2; exit 2 ;;
+  esac
+done
 
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FMNIST_DIR/train-images-idx3-ubyte" ]; then
@@ -25,4 +36,8 @@ fi
 echo "[install] installing pinned dependencies (requirements.lock)"
 .venv/bin/python -m pip install -q -r requirements.lock
 .venv/bin/python -m pip install -q --no-deps -e .
+if [ "$EXTRAS" -eq 1 ]; then
+  echo "[install] installing the extras (requirements-extras.lock): tensorboard, jupyterlab, nbconvert"
+  .venv/bin/python -m pip install -q -r requirements-extras.lock
+fi
 echo "[install] done: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)')"

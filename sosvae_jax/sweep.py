@@ -33,6 +33,7 @@ from sosvae_jax import checkpoints
 from sosvae_jax import config_checks
 from sosvae_jax import metric_writers
 from sosvae_jax import train
+from sosvae_jax import workdir as workdir_lib
 
 SEED_FIELD = 'seed'
 # The one rule of grouping. Fields whose values a train step can take as
@@ -644,7 +645,9 @@ def collect_rows(root: str) -> list[dict[str, Any]]:
   rows = []
   for p in content['points']:
     workdir = os.path.join(root, p['name'])
-    config = _read_json(os.path.join(workdir, 'config.json')) or {}
+    # The latest launch's config: a relaunch with more steps counts.
+    config = (workdir_lib.effective_config(workdir)
+              if os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)) else {})
     metrics, step, source = final_metrics(workdir)
     status, message = point_status(workdir, config.get('num_steps'), metrics)
     rows.append({'index': p['index'], 'name': p['name'], **p['values'],
