@@ -22,6 +22,7 @@ import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
+from flax import traverse_util
 import ml_collections
 from ml_collections.config_flags import config_path
 from ml_collections.config_flags import tuple_parser
@@ -351,14 +352,9 @@ def group_points(points: Sequence[Point]) -> list[Group]:
   return groups
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = _plain(value)
-  return out
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a.b': plain value} of a nested config dict."""
+  return {k: _plain(v) for k, v in traverse_util.flatten_dict(dict(tree), sep='.').items()}
 
 
 def varying_values(points: Sequence[Point]) -> dict[str, list[Any]]:

@@ -11,6 +11,8 @@ import socket
 import sys
 from typing import Any, Mapping
 
+from flax import traverse_util
+
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
 LOCK_FILE = '.lock'
@@ -87,14 +89,8 @@ def _holder_line() -> str:
           f'command: {command}')
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  return traverse_util.flatten_dict(dict(tree), sep='.')
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
