@@ -49,6 +49,7 @@ from sosvae_jax import metric_writers
 from sosvae_jax.models import likelihoods
 from sosvae_jax import objectives
 from sosvae_jax import observation
+from sosvae_jax import progress as progress_lib
 from sosvae_jax.config_checks import SAMPLERS
 from sosvae_jax.evaluation import classifier as classifier_lib
 from sosvae_jax.evaluation import coherence
@@ -133,22 +134,6 @@ def _batches(images: np.ndarray, batch_size: int):
     yield n, batch
 
 
-class _Progress:
-  """Logs 'what i/n (elapsed, left)' at most every `every` seconds."""
-
-  def __init__(self, what: str, total: int, every: float = 20.0):
-    self.what, self.total, self.every = what, total, every
-    self.t0 = self.last = time.time()
-
-  def update(self, done: int) -> None:
-    now = time.time()
-    if now - self.last >= self.every or done >= self.total:
-      rate = done / max(now - self.t0, 1e-9)
-      logging.info('%s %d/%d (%.0f s, about %.0f s left)', self.what, done, self.total,
-                   now - self.t0, (self.total - done) / max(rate, 1e-9))
-      self.last = now
-
-
 def _likelihood_metrics(run, images: np.ndarray, s: EvalSettings,
                         key: Array) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """ELBO terms and IWAE over `images`; also the posterior means and log variances."""
@@ -157,7 +142,8 @@ def _likelihood_metrics(run, images: np.ndarray, s: EvalSettings,
   weights_fn = _compiled(_iwae_log_weights, run.model)
   sums = {'log_likelihood': 0.0, 'kl': 0.0, 'squared_error': 0.0, 'iwae': 0.0}
   post_means, post_log_vars = [], []
-  progress = _Progress('likelihood metrics: images', len(images))
+  progress = progress_lib.Progress('Likelihood metrics: images', len(images),
+                                   every_seconds=20.0)
   done = 0
   for i, (n, batch) in enumerate(_batches(images, s.batch_size)):
     terms = jax.device_get(terms_fn(variables, batch, jax.random.fold_in(key, 2 * i)))
@@ -276,7 +262,8 @@ def _generated_statistics(run, draw, nets, s: EvalSettings, key: Array
   stats = {(net, kind): frechet.FeatureStatistics() for net in nets
            for kind in ('means', 'samples')}
   kept = {'means': [], 'samples': []}
-  progress = _Progress('generated images', s.num_samples)
+  progress = progress_lib.Progress('Generated images', s.num_samples,
+                                   every_seconds=20.0)
   done, chunk = 0, 0
   while done < s.num_samples:
     n = min(s.batch_size, s.num_samples - done)
