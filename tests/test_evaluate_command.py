@@ -225,3 +225,29 @@ def test_low_rank_runs_report_their_structure(runs):
   assert metrics['structure_participation_ratio'] == pytest.approx(
       info['test_posterior_mean']['participation_ratio'])
   assert 'structure_prior_span_share' not in metrics  # no residual for a prior draw
+
+
+def test_structure_of_a_restored_run_equals_the_evaluation(runs):
+  prior_dir, _, _ = runs
+  results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
+  run = checkpoints.restore_run(str(prior_dir))
+  settings = evaluate.EvalSettings(**TINY)
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+    images = evaluate.input_pipeline.load_images(run.config.data, 'eval',
+                                                  settings.structure_examples)
+  metrics, info = evaluate.structure_of_run(run, images, settings, seed=settings.seed)
+  assert info['images'] == settings.structure_examples
+  structure_keys = [k for k in results['metrics'] if k.startswith('structure_')]
+  assert sorted(metrics) == sorted(structure_keys)
+  for k in structure_keys:
+    assert metrics[k] == pytest.approx(results['metrics'][k], rel=1e-5, abs=1e-7), k
+
+
+def test_structure_of_run_refuses_a_likelihood_without_factor(runs):
+  prior_dir, _, _ = runs
+  run = checkpoints.restore_run(str(prior_dir))
+  config = run.config.copy_and_resolve_references()
+  config.likelihood = default.get_config('smoke').likelihood
+  config.likelihood.name = 'diagonal_gaussian'
+  with pytest.raises(ValueError, match='no low-rank covariance factor'):
+    evaluate.structure_of_run(run._replace(config=config), np.zeros((2, 28, 28, 1), np.uint8))

@@ -195,6 +195,39 @@ def _structure(run, images: np.ndarray, post_mean: np.ndarray, s: EvalSettings,
   return metrics, {'test_posterior_mean': test, 'prior': prior, 'images': n}
 
 
+def _posterior_means(run, images: np.ndarray, batch_size: int) -> np.ndarray:
+  encode = _compiled(_encode_means, run.model)
+  return np.concatenate([np.asarray(encode(run.variables, b))[:n]
+                         for n, b in _batches(images, batch_size)])
+
+
+def structure_of_run(run: checkpoints.RestoredRun, images: np.ndarray,
+                     settings: EvalSettings | None = None, *,
+                     seed: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
+  """The structure report of --mode=evaluate for a restored low-rank run.
+
+  Args:
+    run: checkpoints.restore_run(workdir) of a likelihood with a low-rank factor.
+    images: uint8 test images [N, H, W, C]; the first
+      `settings.structure_examples` are decoded at their posterior means.
+    settings: EvalSettings (structure_examples, batch_size).
+    seed: the prior samples' seed.
+
+  Returns:
+    ({'structure_<name>' / 'structure_prior_<name>': float}, the two full
+    reports with their mean singular-value spectra).
+  """
+  name = run.config.likelihood.name
+  if not likelihoods.LIKELIHOODS[name].low_rank:
+    raise ValueError(f'Likelihood {name!r} has no low-rank covariance factor: the '
+                     'structure report applies to low-rank likelihoods only.')
+  s = settings or EvalSettings()
+  n = min(s.structure_examples, len(images))
+  post_mean = _posterior_means(run, images[:n], s.batch_size)
+  return _structure(run, images[:n], post_mean, s,
+                    jax.random.fold_in(jax.random.PRNGKey(seed), 5))
+
+
 def bits_per_dim(log_p: float, num_dims: int, discrete: bool) -> float:
   """-log p / (S ln 2), plus log2(255) for a density (module docstring)."""
   if discrete:
@@ -216,9 +249,7 @@ def _fit_sampler(run, s: EvalSettings, key: Array) -> tuple[Any, dict]:
   components = s.gmm_components or config.get('gmm_components', 10)
   covariance = s.gmm_covariance or config.get('gmm_covariance', 'full')
   train_images = input_pipeline.load_images(config.data, 'train', s.gmm_examples)
-  encode = _compiled(_encode_means, run.model)
-  z = np.concatenate([np.asarray(encode(run.variables, b))[:n]
-                      for n, b in _batches(train_images, s.batch_size)])
+  z = _posterior_means(run, train_images, s.batch_size)
   t0 = time.time()
   mixture = gmm_lib.fit_gaussian_mixture(z, components, covariance_type=covariance,
                                          seed=s.seed)
