@@ -55,10 +55,14 @@ def _evaluate(workdir: str, config) -> None:
   from sosvae_jax.evaluation import evaluate, settings  # pylint: disable=g-import-not-at-top
   try:
     config = config if config is not None else checkpoints.load_config(workdir)
-    evaluate.evaluate_and_write(workdir, settings.from_config(config.get('evaluation')))
-  except (ValueError, TypeError, FileNotFoundError) as e:  # incl. DataNotFoundError
-    logging.error('%s', e)
-    sys.exit(2)
+    eval_settings = settings.from_config(config.get('evaluation'))
+  except (ValueError, TypeError, FileNotFoundError) as e:  # TypeError: an unknown field
+    cli.fail(str(e))
+  try:
+    evaluate.evaluate_and_write(workdir, eval_settings)
+  except (ValueError, FileNotFoundError) as e:  # incl. DataNotFoundError
+    # Not TypeError: past the settings, one is a bug and keeps its traceback.
+    cli.fail(str(e))
 
 
 def main(argv):
@@ -68,7 +72,7 @@ def main(argv):
   try:  # Before anything touches a device.
     distributed.initialize_from_flags(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-        [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None)
+        distributed.parse_local_device_ids(FLAGS.local_device_ids))
   except distributed.DistributedSetupError as e:
     logging.error('%s', e)
     sys.exit(2)

@@ -1,6 +1,7 @@
 """Heads, their initialisation, the VAE wiring, the registry and the pretraining mask."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +185,12 @@ def test_every_entry_builds_from_its_section_with_dataclass_defaults(name, chann
 def test_a_name_is_registered_once():
   with pytest.raises(ValueError, match="'lowrank_gaussian' is registered already"):
     register_likelihood('lowrank_gaussian', LIKELIHOODS['lowrank_gaussian'])
+
+
+def test_a_config_read_back_from_json_builds_the_same_hashable_model():
+  # config.json stores tuples as lists; jit caches key on the (hashable) module.
+  config = _factor_decoder_config()
+  back = ml_collections.ConfigDict(json.loads(config.to_json()))
+  assert isinstance(back.likelihood.factor_trunk, list)
+  model = build_model(back)
+  assert hash(model) == hash(build_model(config)) and model == build_model(config)

@@ -175,7 +175,10 @@ class Likelihood:
       raise ValueError(
           f'config.likelihood has field(s) {unknown} that likelihood {cfg.name!r} '
           f'does not have; its fields are {sorted(self.field_names(channels))}.')
-    head = {k: v for k, v in cfg.items() if k != 'name' and k not in self.loop_fields}
+    # A config read back from config.json holds lists where a config file had
+    # tuples; flax modules must be hashable (jit caches on them).
+    head = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()
+            if k != 'name' and k not in self.loop_fields}
     return self.head_class(channels)(channels=channels, **head)
 
   def problems(self, config) -> list[str]:
