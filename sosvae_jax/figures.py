@@ -109,9 +109,11 @@ def figure2(dist: distrax.Distribution, key: Array,
 
   Rows 5-6 are the positive and negative parts of the covariance row of the
   central pixel (its own variance dropped). Each map kind (difference,
-  variance, covariance) has one colour scale over all columns, given by a
-  colour bar under the grid. A pixel-wise likelihood has no covariance: those
-  rows are black.
+  variance, + covariance, - covariance) has one colour scale over all
+  columns, given by a colour bar under the grid; the negative part gets its
+  own scale because it is usually far smaller than the positive one, and on
+  the positive part's scale it would not show. A pixel-wise likelihood has
+  no covariance: those rows are black.
 
   Args:
     dist: p(x|z) with batch [N] over [S].
@@ -119,8 +121,8 @@ def figure2(dist: distrax.Distribution, key: Array,
     image_shape: (H, W, C), S = H * W * C.
 
   Returns:
-    uint8 image: the [6 rows, N columns] grid, then three colour bars
-    (difference, variance, covariance).
+    uint8 image: the [6 rows, N columns] grid, then four colour bars
+    (difference, variance, + covariance, - covariance).
   """
   centre = observation.central_pixel_index(image_shape)
   # Only the low-rank normal crosses jit cleanly (see `decode`).
@@ -132,14 +134,15 @@ def figure2(dist: distrax.Distribution, key: Array,
   # so that sizes compare across samples (a per-image scale would hide them).
   diff_scale = plotting.signed_scale(sample - mean)
   var_scale = plotting.heat_scale(variance)
-  cov_scale = max(plotting.heat_scale(pos), plotting.heat_scale(neg))
+  pos_scale, neg_scale = plotting.heat_scale(pos), plotting.heat_scale(neg)
   rows = [plotting.to_rgb(mean), plotting.to_rgb(sample),
           plotting.signed(sample - mean, scale=diff_scale),
           plotting.heat(variance, scale=var_scale),
-          plotting.heat(pos, scale=cov_scale), plotting.heat(neg, scale=cov_scale)]
+          plotting.heat(pos, scale=pos_scale), plotting.heat(neg, scale=neg_scale)]
   bars = [plotting.colorbar('sample - mean', -diff_scale, diff_scale, kind='signed'),
           plotting.colorbar('variance', 0.0, var_scale),
-          plotting.colorbar('+/- covariance', 0.0, cov_scale)]
+          plotting.colorbar('+ covariance', 0.0, pos_scale),
+          plotting.colorbar('- covariance', 0.0, neg_scale)]
   return plotting.stack([_grid(rows, FIGURE2_LABELS)] + bars)
 
 
@@ -196,7 +199,11 @@ def figure5(dist: LowRankMultivariateNormal, key: Array,
   """Figure 5: component k (row) scaled by FIGURE5_SCALES (columns), eq. 5.
 
   Fixed noise; mode and the other components' scale (0, as in the authors'
-  code) as in `observation.scaled_component_samples`.
+  code) as in `observation.scaled_component_samples`. Under each row of
+  samples, their difference from the row's sample at scale 0 (blue
+  negative, red positive, one colour scale for all rows, labelled by the
+  colour bar): on small images a component's change is easier to see, and
+  to compare between components, as a map than in the samples themselves.
 
   Args:
     dist: one p(x|z): loc [S], cov_factor [S, R], cov_diag [S].
@@ -204,12 +211,21 @@ def figure5(dist: LowRankMultivariateNormal, key: Array,
     num_components: K leading components (at most R).
 
   Returns:
-    uint8 [K, 21] grid.
+    uint8 image: the [2K, 21] grid (samples, difference, per component),
+    then the difference's colour bar.
   """
   num_components = min(num_components, dist.rank)
   samples = _component_samples(dist, key, num_components, mode)  # (K, M, S)
-  rows = [plotting.to_rgb(_images(row, image_shape)) for row in samples]
-  return _grid(rows, [f'pc {k + 1}' for k in range(num_components)])
+  images = [_images(row, image_shape) for row in samples]
+  middle = int(np.argmin(np.abs(observation.FIGURE5_SCALES)))  # scale 0
+  changes = [row - row[middle:middle + 1] for row in images]
+  scale = max(plotting.signed_scale(np.stack(changes)), 1e-12)
+  rows, labels = [], []
+  for k, (row, change) in enumerate(zip(images, changes)):
+    rows += [plotting.to_rgb(row), plotting.signed(change, scale=scale)]
+    labels += [f'pc {k + 1}', f'pc {k + 1} change']
+  bar = plotting.colorbar('change from scale 0', -scale, scale, kind='signed')
+  return plotting.stack([_grid(rows, labels), bar])
 
 
 # -------------------------------------------------------------- figure 6 ----

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import default
 from sosvae_jax import checkpoints
+from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax import figures
 from sosvae_jax import observation
 from sosvae_jax import plotting
@@ -22,7 +23,8 @@ from sosvae_jax import train
 
 NUM_EXAMPLES = 64
 # Figure 2's three colour bars under the grid, each after a 2-pixel gap.
-FIGURE2_BARS_HEIGHT = 3 * (plotting.colorbar('x', 0.0, 1.0).shape[0] + 2)
+FIGURE2_BARS_HEIGHT = 4 * (plotting.colorbar('x', 0.0, 1.0).shape[0] + 2)
+FIGURE5_BAR_HEIGHT = plotting.colorbar('x', 0.0, 1.0).shape[0] + 2
 NUM_SAMPLES = 5
 PPCA_EXAMPLES = 40
 
@@ -81,12 +83,12 @@ def test_writes_every_figure_with_its_grid(rendered):
   expected = {
       'figure2': (6, NUM_SAMPLES),
       'figure4': (7, 7),
-      'figure5': (min(5, rank), len(observation.FIGURE5_SCALES)),
+      'figure5': (2 * min(5, rank), len(observation.FIGURE5_SCALES)),
       'figure6': (4, len(figures.FIGURE6_EDITS) + 1),
       'figure7': (1 + len(figures.FIGURE7_GROUPS) * 3, 8),  # 3 rows a group
   }
   for name, grid_shape in expected.items():
-    below = FIGURE2_BARS_HEIGHT if name == 'figure2' else 0
+    below = {'figure2': FIGURE2_BARS_HEIGHT, 'figure5': FIGURE5_BAR_HEIGHT}.get(name, 0)
     assert _grid_shape(written[name], shape, below) == grid_shape, name
 
 
@@ -179,3 +181,53 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   (tmp_path / 'config.json').write_text(_smoke_config().to_json_best_effort())
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     checkpoints.restore_run(str(tmp_path))
+
+
+def _cell(image, image_shape, row, col):
+  cell_h, cell_w = image_shape[0] * figures.ZOOM, image_shape[1] * figures.ZOOM
+  top = figures.PAD + row * (cell_h + figures.PAD)
+  left = figures.LABEL_WIDTH + figures.PAD + col * (cell_w + figures.PAD)
+  return image[top:top + cell_h, left:left + cell_w].astype(int)
+
+
+def test_figure2_draws_a_small_negative_covariance_on_its_own_scale():
+  """The centre pixel's row: +1 to pixel 0, -0.01 to pixel 2. On one shared
+  scale the negative part would be a black cell; on its own it is bright."""
+  image_shape = (3, 3, 1)
+  centre = observation.central_pixel_index(image_shape)
+  factor = np.zeros((1, 9, 2), np.float32)
+  factor[0, centre] = [1.0, 0.1]
+  factor[0, 0, 0], factor[0, 2, 1] = 1.0, -0.1
+  dist = LowRankMultivariateNormal(jnp.full((1, 9), 0.5), jnp.asarray(factor),
+                                   jnp.full((1, 9), 1e-3))
+  image = figures.figure2(dist, jax.random.PRNGKey(0), image_shape)
+  neg = _cell(image, image_shape, figures.FIGURE2_LABELS.index('-cov centre'), 0)
+  zoom = figures.ZOOM
+  brightest = plotting.grid([plotting.heat(np.ones((1, 1, 1, 1)), scale=1.0)],
+                            zoom=figures.ZOOM, pad=figures.PAD)[figures.PAD, figures.PAD]
+  np.testing.assert_array_equal(neg[0, 2 * zoom], brightest)  # pixel 2: row 0, column 2
+  pos = _cell(image, image_shape, figures.FIGURE2_LABELS.index('+cov centre'), 0)
+  np.testing.assert_array_equal(pos[0, 0], brightest)  # pixel 0
+
+
+def test_figure5_change_rows_show_each_component_against_scale_zero():
+  image_shape = (2, 2, 1)
+  factor = np.zeros((1, 4, 2), np.float32)
+  factor[0, 0, 0], factor[0, 3, 1] = 0.2, 0.05  # pc 1 moves pixel 0, pc 2 pixel 3
+  dist = LowRankMultivariateNormal(jnp.full((4,), 0.5), jnp.asarray(factor[0]),
+                                   jnp.full((4,), 1e-6))
+  # mode 'set': column alpha is alpha standard deviations along the component.
+  image = figures.figure5(dist, jax.random.PRNGKey(0), image_shape, num_components=2,
+                          mode='set')
+  middle = int(np.argmin(np.abs(observation.FIGURE5_SCALES)))
+  white = plotting.grid([plotting.signed(np.zeros((1, 1, 1, 1)), scale=1.0)],
+                        zoom=figures.ZOOM, pad=figures.PAD)[figures.PAD, figures.PAD]
+  zoom = figures.ZOOM
+  for row, moved in ((1, (0, 0)), (3, (1, 1))):  # the change rows of pc 1, pc 2
+    at_zero = _cell(image, image_shape, row, middle)
+    assert (at_zero == white).all()
+    at_five = _cell(image, image_shape, row, len(observation.FIGURE5_SCALES) - 1)
+    y, x = moved[0] * zoom, moved[1] * zoom
+    assert not (at_five[y, x] == white).all()
+    still = (1 - moved[0]) * zoom, moved[1] * zoom
+    assert (at_five[still] == white).all()
