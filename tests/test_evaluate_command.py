@@ -20,6 +20,7 @@ from sosvae_jax import train
 from sosvae_jax.evaluation import classifier
 from sosvae_jax.evaluation import evaluate
 from sosvae_jax.evaluation import report
+from sosvae_jax.evaluation import structure
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 48
@@ -124,6 +125,11 @@ def test_report_combines_runs(runs, tmp_path):
   assert [r.split('|')[1].strip() for r in rows] == ['sos_prior', 'sos_gmm']
   assert 'classifier FID means' in markdown and 'classifier FID samples' in markdown
   assert 'DIFFERENT feature classifiers' not in markdown
+  header = markdown.splitlines()[2].split('|')
+  pr_column = [h.strip() for h in header].index('PR of P')
+  results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
+  assert float(rows[0].split('|')[pr_column]) == pytest.approx(
+      results['metrics']['structure_participation_ratio'], rel=1e-3)
   image = np.asarray(Image.open(paths['png']))
   # Two runs side by side, each its images wrapped into labelled rows of
   # SAMPLE_COLUMNS (a mean row above its sample row).
@@ -225,6 +231,14 @@ def test_low_rank_runs_report_their_structure(runs):
   assert metrics['structure_participation_ratio'] == pytest.approx(
       info['test_posterior_mean']['participation_ratio'])
   assert 'structure_prior_span_share' not in metrics  # no residual for a prior draw
+  markdown = (prior_dir / 'eval' / 'results.md').read_text()
+  label = structure.REPORT_LABELS['participation_ratio']
+  row = next(line for line in markdown.splitlines() if line.startswith(f'| {label} |'))
+  test, prior = (float(v) for v in row.split('|')[2:4])
+  assert test == pytest.approx(metrics['structure_participation_ratio'], rel=1e-3)
+  assert prior == pytest.approx(metrics['structure_prior_participation_ratio'], rel=1e-3)
+  span = structure.REPORT_LABELS['span_share']
+  assert f'| {span} | ' in markdown and markdown.split(f'| {span} | ')[1].split('|')[1].strip() == '-'
 
 
 def test_structure_of_a_restored_run_equals_the_evaluation(runs):

@@ -33,6 +33,11 @@ COLUMNS = (
     ('fid_inception_samples', 'Inception FID samples'),
     ('coherence_autocorrelation', 'lag-1 autocorr. (sample - mean)'),
     ('coherence_high_frequency_fraction', 'high-freq. fraction'),
+    ('structure_participation_ratio', 'PR of P'),
+    ('structure_num_components', 'components of P'),
+    ('structure_span_share', 'span(P) share'),
+    ('structure_pca_span_share', 'PCA share'),
+    ('structure_centre_negative_share', 'neg. share'),
 )
 TITLE_HEIGHT = 14
 GAP = 8
@@ -108,6 +113,12 @@ def report_markdown(results: Sequence[dict], names: Sequence[str]) -> str:
            'from the named sampler; FIDs are against the evaluation split.',
            'classifier FID uses a convnet trained on the dataset itself: comparable '
            'between these rows only, never with Inception FID or the papers.']
+  if any(k.startswith('structure_') for k, _ in columns):
+    notes.append('Structure of the covariance factor P on test images at the '
+                 'posterior mean (evaluation/structure.py): PR = participation ratio '
+                 'of its singular values, components with s_i >= 0.1 s_1, share of '
+                 'the residual energy inside span(P) and inside a PCA basis of equal '
+                 "rank, negative share of the centre pixel's covariance row.")
   notes += [f'{n}: {r["description"]}; {r["eval_examples"]} evaluation images, '
             f'{r["num_samples"]} generated.' for n, r in zip(names, results)]
   classifier = results[0].get('feature_networks', {}).get('classifier')

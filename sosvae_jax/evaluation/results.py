@@ -17,6 +17,7 @@ import numpy as np
 
 from sosvae_jax import plotting
 from sosvae_jax.evaluation import gmm as gmm_lib
+from sosvae_jax.evaluation import structure
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -94,6 +95,15 @@ def results_markdown(results: dict[str, Any]) -> str:
   lines.append('| high-frequency energy fraction of sample - mean (white noise: '
                f'{m["coherence_white_noise_high_frequency_fraction"]:.3f}) | - | '
                f'{fmt(m["coherence_high_frequency_fraction"])} |')
+  if any(f'structure_{k}' in m for k in structure.REPORT_KEYS):
+    lines += ['', 'Structure of the covariance factor P (evaluation/structure.py; '
+              'mean over images):', '',
+              f'| metric | {cell("test images at the posterior mean")} | '
+              f'{cell("prior samples")} |', '|---|---|---|']
+    for key in structure.REPORT_KEYS:
+      lines.append(f'| {cell(structure.REPORT_LABELS[key])} | '
+                   f'{fmt(m.get(f"structure_{key}"))} | '
+                   f'{fmt(m.get(f"structure_prior_{key}"))} |')
   info = results['feature_networks']
   if 'classifier' in info:
     lines += ['', f'Classifier: {info["classifier"]["path"]} (test accuracy '

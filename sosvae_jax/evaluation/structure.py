@@ -49,6 +49,14 @@ COMPONENT_THRESHOLD = 0.1
 # they are columns of evaluation results and sweep tables).
 REPORT_KEYS = ('participation_ratio', 'num_components', 'span_share',
                'pca_span_share', 'centre_negative_share')
+# Their headers in results.md and the report table.
+REPORT_LABELS = {
+    'participation_ratio': 'participation ratio of P (1 = one direction)',
+    'num_components': f'components with s_i >= {COMPONENT_THRESHOLD} s_1',
+    'span_share': 'residual energy inside span(P)',
+    'pca_span_share': 'residual energy inside a PCA basis of equal rank',
+    'centre_negative_share': "negative share of the centre pixel's covariance row",
+}
 
 
 def _span_basis(matrix: Array) -> tuple[Array, Array]:
