@@ -75,6 +75,19 @@ def _unknown_override(argv: Sequence[str], error: Exception) -> str:
   return f'a --config.* override names a field the config does not have ({text})'
 
 
+def _no_get_config(argv: Sequence[str], error: Exception) -> str | None:
+  """What to say when the --config file loads but defines no get_config().
+
+  config_flags raises a bare AttributeError for it, which would otherwise
+  read as a misspelt --config.* override.
+  """
+  if not isinstance(error, AttributeError) or 'get_config' not in str(error):
+    return None
+  given = [a for a in argv if a.startswith('--config=')]
+  return (f'{given[-1] if given else "--config"}: the file defines no get_config(), so '
+          'it is no config file; pass one such as experiments/configs/default.py')
+
+
 def _config_load_error() -> str | None:
   """The error of a --config file that could not be loaded, else None.
 
@@ -105,6 +118,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     message = _flag_error_text(e)
   except (AttributeError, KeyError) as e:
-    message = _unknown_override(argv[1:], e)
+    message = _no_get_config(argv[1:], e) or _unknown_override(argv[1:], e)
   sys.stderr.write(f'Error: {message}\nPass --helpshort to see the flags.\n')
   sys.exit(USER_ERROR)

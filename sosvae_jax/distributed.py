@@ -78,6 +78,23 @@ def check_flags(coordinator_address: str | None, num_processes: int | None,
   return True
 
 
+def parse_local_device_ids(values: Sequence[str] | None) -> list[int] | None:
+  """--local_device_ids (strings, as absl's list flag gives them) as ints.
+
+  Raises:
+    DistributedSetupError: an entry that is not a non-negative integer.
+  """
+  if not values:
+    return None
+  bad = [v for v in values if not str(v).strip().isdigit()]
+  if bad:
+    raise DistributedSetupError(
+        f'--local_device_ids={",".join(map(str, values))}: {", ".join(map(repr, bad))} '
+        'is not a device number; give the local device indices this process '
+        'drives, e.g. --local_device_ids=0,1.')
+  return [int(v) for v in values]
+
+
 def initialize_from_flags(coordinator_address: str | None = None,
                           num_processes: int | None = None,
                           process_id: int | None = None,
@@ -106,6 +123,14 @@ def initialize_from_flags(coordinator_address: str | None = None,
       processes could not find each other in time.
   """
   if not check_flags(coordinator_address, num_processes, process_id):
+    if local_device_ids is not None:
+      # A single process drives every visible device; ignoring the flag
+      # would silently run on others than asked.
+      raise DistributedSetupError(
+          f'--local_device_ids={",".join(map(str, local_device_ids))} applies to a '
+          'multi-process run only (with --coordinator_address, --num_processes '
+          'and --process_id); for one process choose the devices with '
+          'CUDA_VISIBLE_DEVICES (GPU) or drop the flag.')
     return False
   if jax.distributed.is_initialized():
     raise DistributedSetupError(

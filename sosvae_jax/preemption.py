@@ -20,29 +20,47 @@ def _name(signum: int) -> str:
   return 'SIGINT (Ctrl-C)' if signum == signal.SIGINT else signal.Signals(signum).name
 
 
+def _signals_to_handle() -> tuple[int, ...]:
+  """The signals this process handles itself.
+
+  One process: SIGTERM and SIGINT. Several: JAX's preemption notifier
+  (started by jax.distributed.initialize) owns SIGTERM and tells every
+  process, so only SIGINT is caught, to be passed on to it as SIGTERM;
+  without the preemption service there is no way to agree and Ctrl-C stays
+  a KeyboardInterrupt.
+  """
+  if jax.process_count() == 1:
+    return STOP_SIGNALS
+  return (signal.SIGINT,) if jax.config.jax_enable_preemption_service else ()
+
+
 class PreemptionWatch:
   """Says at which step to write a last checkpoint and stop.
 
   With several processes every one must stop at the same step (one that
-  stops alone leaves the others hanging in a collective), so the step is
-  orbax's preemption sync point, which all processes agree on. A single
-  process also stops on SIGTERM or SIGINT, which it records here; a second
-  one while the last checkpoint is written exits at once (FORCED_EXIT), for a
-  user who would rather lose the last steps than wait.
+  stops alone leaves the others hanging in a collective, and orbax's
+  multi-host save waits for all), so the step is orbax's preemption sync
+  point, which all processes agree on: a SIGTERM reaches it through JAX's
+  preemption notifier, and a Ctrl-C in any process is handed to that
+  notifier as a SIGTERM to itself. A single process stops on SIGTERM or
+  SIGINT at the next step. Either way a second signal while the last
+  checkpoint is written exits at once (FORCED_EXIT), for a user who would
+  rather lose the last steps than wait.
   """
 
   def __init__(self, manager: ocp.CheckpointManager | None):
     self._manager = manager
     self.received: int | None = None
     self._previous = {}
+    self._single = True
 
   def __enter__(self) -> 'PreemptionWatch':
-    if jax.process_count() == 1:
-      for sig in STOP_SIGNALS:
-        try:
-          self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # Not the main thread (e.g. a notebook worker).
-          pass
+    self._single = jax.process_count() == 1
+    for sig in _signals_to_handle():
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a notebook worker).
+        pass
     return self
 
   def _handle(self, signum, frame) -> None:
@@ -55,6 +73,9 @@ class PreemptionWatch:
                   'complete one.\n'.encode())
       os._exit(FORCED_EXIT)  # pylint: disable=protected-access
     self.received = signum
+    if not self._single:
+      # JAX's preemption notifier catches SIGTERM and tells every process.
+      os.kill(os.getpid(), signal.SIGTERM)
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
@@ -62,8 +83,9 @@ class PreemptionWatch:
     self._previous = {}
 
   def reached(self, step: int) -> bool:
-    """True when the run should save `step` and stop."""
-    if self.received is not None:
+    """True when the run should save `step` and stop (the same step in every
+    process of a multi-process run)."""
+    if self._single and self.received is not None:
       return True
     return self._manager is not None and self._manager.reached_preemption(step)
 

@@ -101,6 +101,22 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[s
           if a.get(k, missing) != b.get(k, missing)}
 
 
+def _read_config_file(workdir: str) -> dict[str, Any]:
+  """config.json of a run, or WorkdirError naming the damage."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      config = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(
+        f'{path} is damaged ({e}): it holds the config of the run\'s first launch; '
+        'restore it from a copy, or start the run again in a new --workdir.') from e
+  if not isinstance(config, dict):
+    raise WorkdirError(f'{path} holds {type(config).__name__}, not a config: restore '
+                       'it from a copy, or start the run again in a new --workdir.')
+  return config
+
+
 def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]:
   """Keeps the first launch's config.json; appends this launch to launches.jsonl.
 
@@ -112,9 +128,7 @@ def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]
   new = json.loads(config_json)
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      original = json.load(f)
-    changes = config_differences(original, new)
+    changes = config_differences(_read_config_file(workdir), new)
   else:
     with open(path, 'w', encoding='utf-8') as f:
       f.write(config_json)
@@ -129,8 +143,7 @@ def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]
 
 def effective_config(workdir: str) -> dict[str, Any]:
   """The config of the latest launch: config.json with every recorded change."""
-  with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
-    config = json.load(f)
+  config = _read_config_file(workdir)
   path = os.path.join(workdir, LAUNCHES_FILE)
   latest = {}
   if os.path.exists(path):

@@ -226,6 +226,74 @@ def test_second_ctrl_c_exits_at_once():
   assert 'SIGINT (Ctrl-C) again: exiting at once' in proc.stderr
 
 
+# Run by each of two processes joined by jax.distributed: argv = process id,
+# port, output folder. A cross-process collective every step (as in a train
+# step) and orbax's multi-host save: a process that stops alone leaves the
+# other hanging.
+_TWO_PROCESS_LOOP = textwrap.dedent("""
+    import os, sys, time
+    from sosvae_jax import distributed
+    pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    assert distributed.initialize_from_flags(f'localhost:{port}', 2, pid,
+                                             initialization_timeout=120)
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+    from sosvae_jax import preemption
+    manager = ocp.CheckpointManager(os.path.join(out, 'checkpoints'))
+    with preemption.PreemptionWatch(manager) as stop:
+      for step in range(1, 100000):
+        assert multihost_utils.process_allgather(np.int32(step)).sum() == 2 * step
+        if step == 10:
+          open(os.path.join(out, f'ready_{pid}'), 'w').close()
+        if stop.reached(step):
+          manager.save(step, args=ocp.args.StandardSave({'step': np.int32(step)}),
+                       force=True)
+          manager.wait_until_finished()
+          break
+        time.sleep(0.01)
+    manager.close()
+    print(f'stopped at {step}: {stop.reason()}', flush=True)
+""")
+
+
+@pytest.mark.parametrize('interrupted', [(1,), (0, 1)], ids=['one process', 'all'])
+def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupted):
+  """Ctrl-C in one process of two (or in all, as a terminal sends it) is passed
+  to JAX's preemption notifier: both save the same step and exit cleanly."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = str(s.getsockname()[1])
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if 'force_host_platform_device_count' not in f)
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_LOOP, str(pid), port,
+                             str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+  try:
+    deadline = time.time() + 180
+    while not all((tmp_path / f'ready_{pid}').exists() for pid in range(2)):
+      assert time.time() < deadline and all(p.poll() is None for p in procs)
+      time.sleep(0.2)
+    for pid in interrupted:
+      procs[pid].send_signal(signal.SIGINT)
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:  # a hung peer must not outlive the test
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  for pid, (proc, log) in enumerate(zip(procs, logs)):
+    assert proc.returncode == 0, f'process {pid}:\n{log[-3000:]}'
+    assert 'KeyboardInterrupt' not in log
+  steps = [int(log.rsplit('stopped at ', 1)[1].split(':')[0]) for log in logs]
+  assert steps[0] == steps[1] >= 10
+  assert 'Stopped by SIGINT (Ctrl-C)' in logs[1]
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [steps[0]]
+
+
 def test_diverging_run_ends_with_the_nonfinite_message(tmp_path):
   """A huge learning rate: NaN images at an evaluation must not crash the
   snapshots before the run stops with its own message and exit code 3."""

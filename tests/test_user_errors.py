@@ -121,3 +121,73 @@ def test_second_run_in_a_locked_workdir(tmp_path):
     _assert_user_error(_command('experiments.main', SMOKE, f'--workdir={tmp_path}'),
                        'is in use by a run that is still going', f'pid {os.getpid()} on')
   assert not (tmp_path / 'config.json').exists()
+
+
+# ------------------------------------------------------- more entry points
+def test_bad_local_device_ids(tmp_path):
+  run = f'--workdir={tmp_path / "run"}'
+  _assert_user_error(_command('experiments.main', SMOKE, run, '--local_device_ids=a'),
+                     "--local_device_ids=a: 'a' is not a device number")
+  # Without a multi-process run the flag would be ignored: refuse it.
+  _assert_user_error(_command('experiments.main', SMOKE, run, '--local_device_ids=0'),
+                     '--local_device_ids=0 applies to a multi-process run only')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_damaged_config_json(tmp_path):
+  """A run whose config.json is torn: resume, evaluate and figures name the file."""
+  from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / workdir_lib.CONFIG_FILE).write_text('{"seed": ')
+  for module, *args in (('experiments.main', SMOKE), ('experiments.main', '--mode=evaluate'),
+                        ('experiments.figures',)):
+    _assert_user_error(_command(module, *args, f'--workdir={run}'),
+                       f'{run}/config.json is damaged', 'new --workdir')
+
+
+@pytest.mark.parametrize('args,parts', [
+    (['--num_samples=0'], ['--num_samples=0', 'not a positive integer']),
+    (['--ppca_examples=-1'], ['--ppca_examples=-1', 'not a positive integer']),
+    (['--example=8'], ['example=8, num_samples=8', 'must be below --num_samples']),
+], ids=['no_samples', 'negative_ppca_examples', 'example_beyond_samples'])
+def test_figures_flag_mistakes(tmp_path, args, parts):
+  _assert_user_error(_command('experiments.figures', f'--workdir={tmp_path}', *args), *parts)
+
+
+def test_figures_of_a_file_or_into_a_file(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  _assert_user_error(_command('experiments.figures', f'--workdir={a_file}'),
+                     f'{a_file}/config.json not found')
+  _assert_user_error(_command('experiments.figures', f'--workdir={tmp_path / "absent"}'),
+                     'config.json not found')
+  assert not (tmp_path / 'absent').exists()  # nothing created in a folder that is no run
+  _assert_user_error(_command('experiments.figures', f'--workdir={tmp_path}',
+                              f'--out={a_file}'), f"--out='{a_file}' is a file")
+
+
+def test_config_file_without_get_config(tmp_path):
+  for module, *args in (('experiments.main', f'--workdir={tmp_path / "run"}'),
+                        ('experiments.sweep', f'--workdir={tmp_path / "sweep"}',
+                         '--grid=seed=1,2', '--mode=print')):
+    _assert_user_error(_command(module, '--config=experiments/cli.py', *args),
+                       '--config=experiments/cli.py: the file defines no get_config()')
+
+
+@pytest.mark.parametrize('args,parts', [
+    (['--betas=a,b'], ["--betas=a,b: could not convert string to float: 'a'"]),
+    # 0 used to be read as "unset" and trained 2000 steps per model.
+    (['--steps=0'], ['--steps=0', 'not a positive integer']),
+    (['--batch_size=0'], ['--batch_size=0', 'not a positive integer']),
+], ids=['betas_not_numbers', 'zero_steps', 'zero_batch'])
+def test_beta_grid_flag_mistakes(tmp_path, args, parts):
+  _assert_user_error(_command('experiments.beta_grid', f'--workdir={tmp_path / "grid"}',
+                              '--smoke', *args), *parts)
+  assert not (tmp_path / 'grid').exists()
+
+
+def test_beta_grid_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'grid').write_text('')
+  _assert_user_error(_command('experiments.beta_grid', f'--workdir={tmp_path / "grid"}',
+                              '--smoke'), 'is a file, not a folder')

@@ -25,10 +25,30 @@ the solve enter only at second order.
 distrax's MultivariateNormalDiagPlusLowRank is a different distribution: its
 low rank is on the scale (Sigma = S S^T with S = diag + U V^T), see
 design.md.
+
+Capacitance jitter (opt-in, `capacitance_jitter`): jnp.linalg.cholesky returns
+NaN silently where C, rounded to float32, is not positive definite (P far
+larger than D allows). With a jitter eps the R x R capacitance is then
+factorised as in GPyTorch's psd_safe_cholesky: in float64 where JAX allows
+it (jax_enable_x64: then the whole log_prob / entropy kernel runs in
+float64, as its gradients need C^-1 to float64 accuracy too; otherwise
+float64 is not available and float32 is used), retried at C + delta I with
+delta = eps * 10^k * mean(diag C), k < CAPACITANCE_JITTER_TRIES, the first
+that factorises kept. Since C + delta I = (1 + delta) C' with C' the
+capacitance of P / sqrt(1 + delta), the density is then exactly that of
+N(mu, P P^T / (1 + delta) + D): a shrunk factor, still a normalised
+density (delta is held constant under differentiation). Where the plain
+factorisation succeeds delta = 0 and the result is the exact one. In float32
+the jittered factor is accurate to about 10 u / eps (u = 6e-8) along the
+directions where C is nearly singular: with eps = 1e-6 log_prob and entropy
+within ~0.1 nat, the entropy's gradient w.r.t. P within ~20% (1e-4: 0.2%);
+a larger eps is more accurate but shrinks P more (the variance along P is
+capped near R d / eps where jitter is needed).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -41,6 +61,8 @@ from sosvae_jax.distributions.numerics import compute_dtype
 Array = jax.Array
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# Retries of a failed capacitance factorisation, at jitter eps * 10^k.
+CAPACITANCE_JITTER_TRIES = 3
 
 
 class LowRankNoise(NamedTuple):
@@ -66,21 +88,121 @@ def whitened_factor(cov_factor: Array, cov_diag: Array) -> Array:
   return cov_factor * jax.lax.rsqrt(cov_diag)[..., None]
 
 
-def capacitance_cholesky(cov_factor: Array, cov_diag: Array) -> Array:
+def capacitance_cholesky(cov_factor: Array, cov_diag: Array, *,
+                         capacitance_jitter: float | None = None) -> Array:
   """Lower Cholesky factor of C = I_R + P^T D^-1 P.
 
   Args:
     cov_factor: P, [..., S, R].
     cov_diag: d, [..., S].
+    capacitance_jitter: None (or 0): the plain factorisation. A number eps:
+      the jitter remedy of the module docstring, and where it added jitter
+      delta the factor of the shrunk factor's capacitance.
 
   Returns:
-    L with L L^T = C, [..., R, R].
+    L with L L^T = C, [..., R, R] (C of P / sqrt(1 + delta) with jitter).
   """
   w = whitened_factor(cov_factor, cov_diag)  # (..., S, R)
   rank = cov_factor.shape[-1]
+  if capacitance_jitter:
+    return _jittered_gram(w, rank, capacitance_jitter)[2].astype(w.dtype)
   capacitance = jnp.eye(rank, dtype=w.dtype) + jnp.einsum(
       '...sr,...sq->...rq', w, w)  # (..., R, R)
   return jnp.linalg.cholesky(capacitance)
+
+
+def capacitance_jitter_added(cov_factor: Array, cov_diag: Array,
+                             capacitance_jitter: float) -> Array:
+  """The jitter delta the remedy adds to C (0 where C factorises as it is).
+
+  For monitoring and tests: the density used is N(mu, P P^T / (1 + delta) + D).
+
+  Args:
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S].
+    capacitance_jitter: eps > 0.
+
+  Returns:
+    delta, [...].
+  """
+  w = whitened_factor(cov_factor, cov_diag)  # (..., S, R)
+  shrink = _jittered_gram(w, cov_factor.shape[-1], capacitance_jitter)[3]
+  return jnp.square(1.0 / shrink) - 1.0
+
+
+def best_capacitance_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """float64 where JAX allows it (jax_enable_x64), else `dtype` (float32)."""
+  return jnp.promote_types(dtype, jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def jittered_capacitance_cholesky(capacitance: Array,
+                                  jitter: float) -> tuple[Array, Array]:
+  """Cholesky of a capacitance C = I + W^T W, with jitter where it fails.
+
+  Tries C, then C + delta_k I with delta_k = jitter * 10^k * mean(diag C),
+  k < CAPACITANCE_JITTER_TRIES, and keeps the first that factorises. All
+  tries are computed (R^3 each, small beside the O(S R^2) Gram) and one is
+  selected with jnp.where-style indexing: no data-dependent control flow, so
+  it jits and vmaps. A try fails on a NaN (jnp.linalg.cholesky does not
+  raise) or on a pivot below 1/2: C >= I makes every exact pivot >= 1, so a
+  smaller one is rounding error, not the matrix.
+
+  Args:
+    capacitance: C, [..., R, R], symmetric with C >= I in exact arithmetic.
+    jitter: eps > 0, relative to the mean of diag C.
+
+  Returns:
+    (L, delta), [..., R, R] and [...]: L L^T = C + delta I; delta = 0 where
+    C itself factorises (L is then the plain factor; bit for bit on CPU).
+    Where no try succeeds, the last one (non-finite).
+  """
+  rank = capacitance.shape[-1]
+  scale = jnp.mean(jnp.diagonal(capacitance, axis1=-2, axis2=-1), -1)  # (...)
+  ladder = jnp.asarray([0.0] + [jitter * 10.0**k for k in range(CAPACITANCE_JITTER_TRIES)],
+                       capacitance.dtype)  # (T,)
+  deltas = scale[..., None] * ladder  # (..., T)
+  eye = jnp.eye(rank, dtype=capacitance.dtype)
+  chols = jnp.linalg.cholesky(capacitance[..., None, :, :]
+                              + deltas[..., None, None] * eye)  # (..., T, R, R)
+  pivots = jnp.diagonal(chols, axis1=-2, axis2=-1)  # (..., T, R)
+  ok = jnp.all(jnp.isfinite(chols), (-2, -1)) & jnp.all(pivots >= 0.5, -1)  # (..., T)
+  first = jnp.where(jnp.any(ok, -1), jnp.argmax(ok, -1), len(ladder) - 1)  # (...)
+  chol = jnp.take_along_axis(chols, first[..., None, None, None], -3)[..., 0, :, :]
+  delta = jnp.take_along_axis(deltas, first[..., None], -1)[..., 0]
+  return chol, delta
+
+
+def _jittered_gram(z: Array, rank: int, jitter: float):
+  """Gram of Z = [W | rest] and the capacitance factor, with the jitter remedy.
+
+  The Gram and the factorisation run in best_capacitance_dtype, and gram and
+  chol are returned in it, so that R-dimensional solves can stay in it (a
+  float32 solve with a condition-1e8 C would undo the float64 factor). Where
+  jitter delta was added, everything is returned for the shrunk factor
+  P / sqrt(1 + delta) (module docstring), whose capacitance factor is
+  L / sqrt(1 + delta); where not, the inputs are multiplied by exactly 1.
+
+  Args:
+    z: [..., S, K], its first `rank` columns W = D^-1/2 P.
+    rank: R.
+    jitter: eps > 0.
+
+  Returns:
+    (z, gram, chol, shrink): [..., S, K] and shrink = (1 + delta)^(-1/2)
+    [...] in z's dtype; gram [..., K, K] and chol [..., R, R] in the
+    factorisation's.
+  """
+  wide = best_capacitance_dtype(z.dtype)
+  z_wide = z.astype(wide)
+  gram = _matmul('...sr,...sq->...rq', z_wide, z_wide)  # (..., K, K)
+  capacitance = jnp.eye(rank, dtype=wide) + gram[..., :rank, :rank]
+  chol, delta = jittered_capacitance_cholesky(capacitance, jitter)
+  shrink = jnp.where(delta > 0, 1.0 / jnp.sqrt(1.0 + delta), 1.0)  # (...)
+  columns = jnp.where(jnp.arange(z.shape[-1]) < rank, shrink[..., None], 1.0)  # (..., K)
+  z = z * columns[..., None, :].astype(z.dtype)
+  gram = gram * columns[..., :, None] * columns[..., None, :]
+  chol = chol * shrink[..., None, None]
+  return z, gram, chol, shrink.astype(z.dtype)
 
 
 def _log_det_from_cholesky(chol: Array, cov_diag: Array) -> Array:
@@ -89,17 +211,20 @@ def _log_det_from_cholesky(chol: Array, cov_diag: Array) -> Array:
   return jnp.sum(jnp.log(cov_diag), -1) + 2.0 * jnp.sum(log_diag_chol, -1)
 
 
-def lowrank_log_det(cov_factor: Array, cov_diag: Array) -> Array:
+def lowrank_log_det(cov_factor: Array, cov_diag: Array, *,
+                    capacitance_jitter: float | None = None) -> Array:
   """log det(P P^T + diag(d)).
 
   Args:
     cov_factor: [..., S, R].
     cov_diag: [..., S].
+    capacitance_jitter: as in capacitance_cholesky.
 
   Returns:
     [...].
   """
-  chol = capacitance_cholesky(cov_factor, cov_diag)
+  chol = capacitance_cholesky(cov_factor, cov_diag,
+                              capacitance_jitter=capacitance_jitter)
   return _log_det_from_cholesky(chol, cov_diag)
 
 
@@ -157,7 +282,7 @@ def _matmul(spec: str, *operands: Array) -> Array:
   return jnp.einsum(spec, *operands, precision=jax.lax.Precision.HIGHEST)
 
 
-def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag):
+def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag, jitter):
   """Shared forward; all inputs broadcast to one batch shape [...]."""
   size, rank = cov_factor.shape[-2:]
   inv_sqrt_d = jax.lax.rsqrt(cov_diag)  # (..., S)
@@ -165,26 +290,33 @@ def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag):
   # and the ridge residual and the P-gradient are single products with it.
   z = jnp.concatenate([cov_factor * inv_sqrt_d[..., None],
                        ((x - loc) * inv_sqrt_d)[..., None]], -1)  # (..., S, R+1)
-  gram = _matmul('...sr,...sq->...rq', z, z)  # (..., R+1, R+1)
-  capacitance = jnp.eye(rank, dtype=z.dtype) + gram[..., :rank, :rank]
-  chol = jnp.linalg.cholesky(capacitance)  # (..., R, R)
-  a = _solve_capacitance(chol, gram[..., :rank, rank:])[..., 0]  # (..., R)
+  if jitter:
+    # Where C needed jitter, z, gram and chol are those of the shrunk P.
+    z, gram, chol, shrink = _jittered_gram(z, rank, jitter)
+  else:
+    gram = _matmul('...sr,...sq->...rq', z, z)  # (..., R+1, R+1)
+    capacitance = jnp.eye(rank, dtype=z.dtype) + gram[..., :rank, :rank]
+    chol = jnp.linalg.cholesky(capacitance)  # (..., R, R)
+    shrink = None
+  # Casts are no-ops without jitter; with it the solve ran in the wide dtype.
+  a = _solve_capacitance(chol, gram[..., :rank, rank:])[..., 0].astype(z.dtype)  # (..., R)
+  log_det = _log_det_from_cholesky(chol, cov_diag).astype(z.dtype)
+  chol = chol.astype(z.dtype)
   # Ridge form y = u - W a (module docstring): no cancellation for tiny d.
   coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
   y = _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
   maha = jnp.sum(jnp.square(y), -1) + jnp.sum(jnp.square(a), -1)
-  log_det = _log_det_from_cholesky(chol, cov_diag)
   log_prob = -0.5 * (size * _LOG_2PI + log_det + maha)
   entropy = 0.5 * (size * (1.0 + _LOG_2PI) + log_det)
-  return (log_prob, entropy), (z, inv_sqrt_d, y, a, chol)
+  return (log_prob, entropy), (z, inv_sqrt_d, y, a, chol, shrink)
 
 
-@jax.custom_vjp
-def _log_prob_entropy(x, loc, cov_factor, cov_diag):
-  return _log_prob_entropy_forward(x, loc, cov_factor, cov_diag)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _log_prob_entropy(x, loc, cov_factor, cov_diag, jitter):
+  return _log_prob_entropy_forward(x, loc, cov_factor, cov_diag, jitter)[0]
 
 
-def _log_prob_entropy_backward(residuals, cotangents):
+def _log_prob_entropy_backward(jitter, residuals, cotangents):
   """Closed-form gradients through the R x R capacitance, O(S R^2).
 
   With alpha = Sigma^-1 (x - mu) = D^-1/2 y, P^T alpha = a and
@@ -192,8 +324,11 @@ def _log_prob_entropy_backward(residuals, cotangents):
     d log N / d mu = alpha,  d log N / d P = alpha a^T - Sigma^-1 P,
     d log N / d d = (alpha^2 - diag Sigma^-1) / 2,
     d H / d P = Sigma^-1 P,  d H / d d = diag(Sigma^-1) / 2.
+  With capacitance jitter the residuals are those of P' = shrink * P, and
+  d / dP = shrink * d / dP' (shrink held constant).
   """
-  z, inv_sqrt_d, y, a, chol = residuals
+  del jitter  # Already in the residuals.
+  z, inv_sqrt_d, y, a, chol, shrink = residuals
   g_lp, g_h = cotangents  # (...), (...)
   rank = a.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(rank, dtype=z.dtype), chol.shape)
@@ -213,6 +348,8 @@ def _log_prob_entropy_backward(residuals, cotangents):
   top = g_det * cap_inv - g_lp_ * a[..., :, None] * a[..., None, :]  # (..., R, R)
   mix = jnp.concatenate([top, g_lp_ * a[..., None, :]], -2)  # (..., R+1, R)
   d_factor = _matmul('...sr,...rq->...sq', z, mix) * inv_sqrt_d[..., None]
+  if shrink is not None:
+    d_factor = d_factor * shrink[..., None, None]
   alpha = y * inv_sqrt_d  # (..., S)
   w = z[..., :rank]
   # diag(Sigma^-1) = (1 - rowsum(W C^-1 * W)) / d; XLA drops this when no
@@ -228,7 +365,9 @@ _log_prob_entropy.defvjp(_log_prob_entropy_forward, _log_prob_entropy_backward)
 
 
 def lowrank_log_prob_and_entropy(x: Array, loc: Array, cov_factor: Array,
-                                 cov_diag: Array) -> tuple[Array, Array]:
+                                 cov_diag: Array, *,
+                                 capacitance_jitter: float | None = None
+                                 ) -> tuple[Array, Array]:
   """log N(x; mu, P P^T + diag(d)) and the entropy, from ONE factorisation.
 
   Summed over the S event dimensions, with hand-written gradients (a
@@ -243,6 +382,8 @@ def lowrank_log_prob_and_entropy(x: Array, loc: Array, cov_factor: Array,
     loc: mu, [..., S].
     cov_factor: P, [..., S, R].
     cov_diag: d, [..., S], positive.
+    capacitance_jitter: None (or 0): exact. A number eps: the jitter remedy
+      of the module docstring where the capacitance does not factorise.
 
   Returns:
     (log_prob, entropy), each [...] (the broadcast batch shape).
@@ -253,11 +394,21 @@ def lowrank_log_prob_and_entropy(x: Array, loc: Array, cov_factor: Array,
   size, rank = cov_factor.shape[-2:]
   vector = lambda v: jnp.broadcast_to(v.astype(dtype), batch + (size,))
   factor = jnp.broadcast_to(cov_factor.astype(dtype), batch + (size, rank))
-  return _log_prob_entropy(vector(x), vector(loc), factor, vector(cov_diag))
+  if capacitance_jitter:
+    # The whole kernel in float64 where allowed: the backward's C^-1 and
+    # W C^-1 cancel to ~1e-9 of their parts, so a float64 factor alone
+    # would still give float32 garbage gradients.
+    wide = best_capacitance_dtype(dtype)
+    out = _log_prob_entropy(vector(x).astype(wide), vector(loc).astype(wide),
+                            factor.astype(wide), vector(cov_diag).astype(wide),
+                            capacitance_jitter)
+    return tuple(o.astype(dtype) for o in out)
+  return _log_prob_entropy(vector(x), vector(loc), factor, vector(cov_diag), None)
 
 
 def lowrank_log_prob(x: Array, loc: Array, cov_factor: Array,
-                     cov_diag: Array) -> Array:
+                     cov_diag: Array, *,
+                     capacitance_jitter: float | None = None) -> Array:
   """log N(x; mu, P P^T + diag(d)), summed over the S event dimensions.
 
   Args:
@@ -265,11 +416,13 @@ def lowrank_log_prob(x: Array, loc: Array, cov_factor: Array,
     loc: mu, [..., S].
     cov_factor: P, [..., S, R].
     cov_diag: d, [..., S].
+    capacitance_jitter: as in lowrank_log_prob_and_entropy.
 
   Returns:
     [...].
   """
-  return lowrank_log_prob_and_entropy(x, loc, cov_factor, cov_diag)[0]
+  return lowrank_log_prob_and_entropy(
+      x, loc, cov_factor, cov_diag, capacitance_jitter=capacitance_jitter)[0]
 
 
 def lowrank_log_prob_autodiff(x: Array, loc: Array, cov_factor: Array,
@@ -285,19 +438,22 @@ def lowrank_log_prob_autodiff(x: Array, loc: Array, cov_factor: Array,
   return -0.5 * (size * _LOG_2PI + log_det + maha)
 
 
-def lowrank_entropy(cov_factor: Array, cov_diag: Array) -> Array:
+def lowrank_entropy(cov_factor: Array, cov_diag: Array, *,
+                    capacitance_jitter: float | None = None) -> Array:
   """Differential entropy 0.5 (S (1 + log 2 pi) + log det Sigma), in nats.
 
   Args:
     cov_factor: [..., S, R].
     cov_diag: [..., S].
+    capacitance_jitter: as in lowrank_log_prob_and_entropy.
 
   Returns:
     [...].
   """
   # x = mu: the shared kernel with a zero residual, for its gradients.
   zeros = jnp.zeros_like(cov_diag)
-  return lowrank_log_prob_and_entropy(zeros, zeros, cov_factor, cov_diag)[1]
+  return lowrank_log_prob_and_entropy(zeros, zeros, cov_factor, cov_diag,
+                                      capacitance_jitter=capacitance_jitter)[1]
 
 
 def lowrank_sample_from_noise(loc: Array, cov_factor: Array, cov_diag: Array,
@@ -324,14 +480,20 @@ class LowRankMultivariateNormal(distrax.Distribution):
     loc: mu, [..., S].
     cov_factor: P, [..., S, R].
     cov_diag: d, [..., S], positive.
+    capacitance_jitter: None (exact) or eps > 0: where the capacitance does
+      not factorise, log_prob, entropy and log_det_covariance are those of
+      the factor shrunk by the jitter (module docstring); moments and
+      samples are always those of cov_factor.
 
   Batch dims of the three parameters broadcast against each other.
   """
 
   equiv_tfp_cls = None
 
-  def __init__(self, loc: Array, cov_factor: Array, cov_diag: Array):
+  def __init__(self, loc: Array, cov_factor: Array, cov_diag: Array, *,
+               capacitance_jitter: float | None = None):
     super().__init__()
+    self._capacitance_jitter = capacitance_jitter
     self._check_parameters(loc, cov_factor, cov_diag)
     dtype = compute_dtype(loc, cov_factor, cov_diag)
     batch = jnp.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2],
@@ -393,19 +555,27 @@ class LowRankMultivariateNormal(distrax.Distribution):
     return self._cov_factor.shape[-1]
 
   # Densities.
+  @property
+  def capacitance_jitter(self) -> float | None:
+    return self._capacitance_jitter
+
   def log_prob(self, value: Array) -> Array:
-    return lowrank_log_prob(value, self._loc, self._cov_factor, self._cov_diag)
+    return lowrank_log_prob(value, self._loc, self._cov_factor, self._cov_diag,
+                            capacitance_jitter=self._capacitance_jitter)
 
   def entropy(self) -> Array:
-    return lowrank_entropy(self._cov_factor, self._cov_diag)
+    return lowrank_entropy(self._cov_factor, self._cov_diag,
+                           capacitance_jitter=self._capacitance_jitter)
 
   def log_prob_and_entropy(self, value: Array) -> tuple[Array, Array]:
     """(log_prob(value), entropy()) from one capacitance factorisation."""
-    return lowrank_log_prob_and_entropy(value, self._loc, self._cov_factor,
-                                        self._cov_diag)
+    return lowrank_log_prob_and_entropy(
+        value, self._loc, self._cov_factor, self._cov_diag,
+        capacitance_jitter=self._capacitance_jitter)
 
   def log_det_covariance(self) -> Array:
-    return lowrank_log_det(self._cov_factor, self._cov_diag)
+    return lowrank_log_det(self._cov_factor, self._cov_diag,
+                           capacitance_jitter=self._capacitance_jitter)
 
   # Moments.
   def mean(self) -> Array:
@@ -458,4 +628,5 @@ class LowRankMultivariateNormal(distrax.Distribution):
     index = index if isinstance(index, tuple) else (index,)
     return LowRankMultivariateNormal(self._loc[index],
                                      self._cov_factor[index],
-                                     self._cov_diag[index])
+                                     self._cov_diag[index],
+                                     capacitance_jitter=self._capacitance_jitter)

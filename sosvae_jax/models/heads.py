@@ -140,6 +140,11 @@ class LowRankGaussianLikelihood(nn.Module):
   participation ratio from ~1.1 to ~5 (docs/structure_study.md). z is
   detached so that, as with detached features, only the mean and the KL
   train the encoder.
+
+  `capacitance_jitter` 0: the exact likelihood. A number eps (e.g. 1e-6):
+  where the R x R capacitance Cholesky fails (P far larger than D allows,
+  NaN in float32), it is retried with jitter eps * 10^k times its mean
+  diagonal, in float64 when jax_enable_x64 is on (distributions/lowrank.py).
   """
 
   channels: int
@@ -150,6 +155,7 @@ class LowRankGaussianLikelihood(nn.Module):
   head_init_stddev: float = 1e-5
   detach_variance_features: bool = False
   factor_trunk: tuple[int, ...] | None = None
+  capacitance_jitter: float = 0.0
 
   @nn.compact
   def __call__(self, features: Array, target: Array | None = None, *,
@@ -165,7 +171,8 @@ class LowRankGaussianLikelihood(nn.Module):
                           self.head_init_stddev, name='diag')(var_features)
     else:
       diag = jnp.full(mean.shape, self.fixed_diag, mean.dtype)
-    return LowRankMultivariateNormal(mean, factor, diag)
+    return LowRankMultivariateNormal(mean, factor, diag,
+                                     capacitance_jitter=self.capacitance_jitter)
 
   def _factor_features(self, var_features: Array, z: Array | None) -> Array:
     """What the factor head reads: the trunk features, or its own trunk on z."""

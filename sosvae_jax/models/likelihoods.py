@@ -316,6 +316,12 @@ def _check_factor_trunk(fields: Mapping[str, Any], config) -> list[str]:
                   'use fewer entries')]
 
 
+_CAPACITANCE_JITTER = requires(
+    lambda v: _is_number(v) and 0 <= v < 1,
+    'the jitter of a failed capacitance Cholesky, relative to its mean diagonal, '
+    'must be 0 (off: the exact likelihood) or a number in (0, 1)',
+    'pass e.g. --config.likelihood.{field}=1e-6, or 0 to switch it off')
+
 register_likelihood('diagonal_gaussian', Likelihood(
     DiagonalGaussianLikelihood, variance_heads=('diag_head',),
     field_checks={'min_variance': _MIN_VARIANCE},
@@ -325,7 +331,7 @@ register_likelihood('lowrank_gaussian', Likelihood(
     variance_heads=('diag_head', 'factor_head', 'factor_decoder'),
     field_checks={'fixed_diag': positive(
         'D = fixed_diag * I must be positive definite; None = a learned diagonal',
-        none_ok=True)},
+        none_ok=True), 'capacitance_jitter': _CAPACITANCE_JITTER},
     checks=(_check_rank, _check_learned_floor, _check_factor_trunk),
     entropy_floor=diagonal_entropy_floor, low_rank=True))
 
