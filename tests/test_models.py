@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import beta_vae
 from experiments.configs import default
-from experiments.configs import sos_factor_decoder
+from experiments.configs import sos_shared_head
 from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax.models import build_model
 from sosvae_jax.models import get_likelihood
@@ -68,12 +68,13 @@ def test_variance_mask_selects_only_variance_heads():
   _, params, _ = _init(config)
   mask = variance_parameter_mask(params, 'lowrank_gaussian')
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
-  assert all(m == (('factor_head' in k) or ('diag_head' in k)) for k, m in flat.items())
+  assert all(m == any(h in k for h in ('factor_head', 'factor_decoder', 'diag_head'))
+             for k, m in flat.items())
   assert any(flat.values()) and not all(flat.values())
 
 
 def _factor_decoder_config(**likelihood):
-  config = sos_factor_decoder.get_config('smoke')
+  config = default.get_config('smoke')
   config.likelihood.factor_trunk = (8, 16)
   config.likelihood.update(likelihood)
   return config
@@ -84,7 +85,7 @@ def _paths(tree) -> set[str]:
 
 
 def test_without_factor_trunk_the_parameter_tree_is_unchanged():
-  config = default.get_config('smoke')
+  config = sos_shared_head.get_config('smoke')
   assert LIKELIHOODS['lowrank_gaussian'].fields(config.likelihood, 1)['factor_trunk'] is None
   _, params, _ = _init(config)
   assert set(params) == {'encoder', 'trunk', 'likelihood'}

@@ -7,6 +7,7 @@ from typing import Any
 import ml_collections
 
 from sosvae_jax.evaluation import settings as eval_settings
+from sosvae_jax.models import likelihoods
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
@@ -101,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.likelihood = ml_collections.ConfigDict(dict(
       name='lowrank_gaussian', rank=25, fixed_diag=1e-5, min_variance=1e-5,
       init_variance=0.05, head_init_stddev=1e-5,
-      detach_variance_features=True))
+      detach_variance_features=True, capacitance_jitter=0.0))
   config.constraints = ml_collections.ConfigDict(dict(
       kl=dict(enabled=True, target=25.0, kind='eq', damping=10.0,
               initial_multiplier=0.0, multiplier_lr=10.0),
@@ -139,9 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def diagonal_gaussian_likelihood() -> ml_collections.ConfigDict:
   """The beta-VAE's pixel-wise Gaussian: the base likelihood without P and fixed D."""
-  fields = base_config().likelihood.to_dict()
-  del fields['rank'], fields['fixed_diag']
-  return ml_collections.ConfigDict(dict(fields, name='diagonal_gaussian'))
+  config = base_config()
+  return ml_collections.ConfigDict(likelihoods.likelihood_section(
+      'diagonal_gaussian', config.likelihood, config.data.image_shape[-1]))
 
 
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -150,6 +151,8 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.latent_dim = 4
   if 'rank' in config.likelihood:
     config.likelihood.rank = min(config.likelihood.rank, 3)
+  if config.likelihood.get('factor_trunk'):
+    config.likelihood.factor_trunk = config.model.channels
   config.batch_size = 8
   config.num_steps = 6
   config.pretrain_steps = min(config.pretrain_steps, 2)
