@@ -36,9 +36,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from experiments.configs.sigma_vae import common as sigma_common
 from sosvae_jax import metric_writers
 from sosvae_jax import train
+from sosvae_jax import workdir as workdir_lib
 
 # Brackets the expected optimum on Fashion-MNIST (2 x MSE ~ 0.02-0.04) by two
 # decades on either side.
@@ -48,21 +50,21 @@ SMOKE_BETAS = (0.01, 1.0)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Root folder: one sub-folder per model.')
 flags.DEFINE_integer('steps', None, 'Training steps of every model (default: 2000, '
-                     'or the smoke config\'s with --smoke).')
+                     'or the smoke config\'s with --smoke).', lower_bound=1)
 flags.DEFINE_list('betas', None, 'Grid of beta (the paper\'s convention, loss = SSE + '
                   'beta KL); default: ' + ','.join(map(str, DEFAULT_BETAS)))
 flags.DEFINE_integer('batch_size', None, 'Batch size of every model (default: the '
-                     'appendix-B config\'s 128); smaller is faster on a CPU.')
+                     'appendix-B config\'s 128); smaller is faster on a CPU.', lower_bound=1)
 flags.DEFINE_bool('smoke', False, 'Tiny networks and batches: a run of seconds.')
 flags.DEFINE_integer('eval_examples', None, 'Test images for the ELBO (default 10000; '
-                     'the smoke config\'s with --smoke).')
+                     'the smoke config\'s with --smoke).', lower_bound=1)
 
 
 def model_config(likelihood: dict, steps: int, smoke: bool, eval_examples: int | None):
   """The appendix-B config with the given likelihood, trained for `steps`."""
   config = sigma_common.get_config(likelihood, 'smoke' if smoke else None)
   config.num_steps = steps
-  if FLAGS.batch_size:
+  if FLAGS.batch_size is not None:
     config.batch_size = FLAGS.batch_size
   config.eval_every_steps = steps
   config.checkpoint_every_steps = steps
@@ -158,22 +160,35 @@ def markdown(result: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
-  betas = ([float(b) for b in FLAGS.betas] if FLAGS.betas
-           else list(SMOKE_BETAS if FLAGS.smoke else DEFAULT_BETAS))
+def _betas() -> list[float]:
+  """--betas as positive numbers (a user mistake ends in exit code 2)."""
+  if not FLAGS.betas:
+    return list(SMOKE_BETAS if FLAGS.smoke else DEFAULT_BETAS)
+  try:
+    betas = [float(b) for b in FLAGS.betas]
+  except ValueError as e:
+    raise app.UsageError(f'--betas={",".join(FLAGS.betas)}: {e}; give numbers, e.g. '
+                         '--betas=0.001,0.01,0.1.', exitcode=cli.USER_ERROR) from e
   bad = [b for b in betas if not b > 0]
   if bad:
     raise app.UsageError(f'--betas={FLAGS.betas}: every beta must be > 0 '
-                         f'(sigma = sqrt(beta / 2)); got {bad}.')
-  steps = FLAGS.steps or (
+                         f'(sigma = sqrt(beta / 2)); got {bad}.', exitcode=cli.USER_ERROR)
+  return betas
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=cli.USER_ERROR)
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required.', exitcode=cli.USER_ERROR)
+  try:
+    workdir_lib.check_workdir_path(FLAGS.workdir)
+  except workdir_lib.WorkdirError as e:
+    cli.fail(str(e))
+  betas = _betas()
+  steps = FLAGS.steps if FLAGS.steps is not None else (
       sigma_common.get_config(SIGMA_VAE_LIKELIHOOD, 'smoke').num_steps
       if FLAGS.smoke else 2000)
-  if steps <= 0:
-    raise app.UsageError(f'--steps={steps}: must be a positive number of steps.')
   root = os.path.abspath(FLAGS.workdir)
   os.makedirs(root, exist_ok=True)
   result = run_grid(root, betas, steps, FLAGS.smoke, FLAGS.eval_examples)
@@ -186,4 +201,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -2,7 +2,7 @@
 
   python -m experiments.sweep --config=experiments/configs/sigma_vae/beta_vae.py \
       --grid=kl_weight=0.003,0.01,0.03,0.1,0.3 --grid=seed=0,1,2 \
-      --workdir=runs/sweeps/beta --mode=sequential   # or print
+      --workdir=runs/sweeps/beta --mode=vmap   # or sequential, or print
   python -m experiments.sweep --config=experiments/configs/default.py \
       --sweep=experiments/sweeps/entropy_budget.py --workdir=runs/sweeps/entropy
   python -m experiments.sweep collect --workdir=runs/sweeps/beta
@@ -10,6 +10,9 @@
 Every point is an ordinary run in WORKDIR/<field=value,...>; WORKDIR/sweep.json
 maps index -> overrides; `--index=N` runs one point (Slurm: --index=$SLURM_ARRAY_TASK_ID);
 the same command again resumes unfinished points and skips finished ones.
+--mode=vmap trains each shape group's points together in one compiled step
+(sosvae_jax/sweep_vmap.py). Exit status: 0 all finished, 1 a point failed,
+2 a bad sweep, 4 stopped by a signal (rerun to resume).
 The logic lives in sosvae_jax/sweep.py.
 """
 
@@ -23,6 +26,7 @@ from ml_collections import config_flags
 from experiments import cli
 from sosvae_jax import logs
 from sosvae_jax import sweep
+from sosvae_jax import sweep_vmap  # pylint: disable=unused-import (registers --mode=vmap)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -97,8 +101,16 @@ def main(argv):
   for index, outcome in sorted(outcomes.items()):
     logging.info('point %d: %s %s', index, outcome.status, outcome.message)
   failed = FLAGS.index is None and _collect()
-  bad = {sweep.FAILED, sweep.NONFINITE, sweep.UNFINISHED, sweep.NOT_STARTED}
-  sys.exit(1 if failed or any(o.status in bad for o in outcomes.values()) else 0)
+  sys.exit(exit_code(failed, list(outcomes.values())))
+
+
+def exit_code(failed: bool, outcomes: list[sweep.Outcome]) -> int:
+  """1 if a point failed; cli.STOPPED_EARLY if a signal stopped the sweep; else 0."""
+  if failed or any(o.status in (sweep.FAILED, sweep.NONFINITE) for o in outcomes):
+    return 1
+  if any(o.status in (sweep.UNFINISHED, sweep.NOT_STARTED) for o in outcomes):
+    return cli.STOPPED_EARLY
+  return 0
 
 
 if __name__ == '__main__':

@@ -56,6 +56,14 @@ def constraints_from_config(cfg) -> dict[str, Constraint]:
   return out
 
 
+def with_values(constraints: Mapping[str, Constraint], targets: Mapping[str, Array],
+                dampings: Mapping[str, Array]) -> dict[str, Constraint]:
+  """The constraints with their targets and dampings replaced (e.g. traced
+  per-run values); the kinds, which decide the maths, stay."""
+  return {k: c._replace(target=targets[k], damping=dampings[k])
+          for k, c in constraints.items()}
+
+
 def infeasibility(value: Array, constraint: Constraint) -> Array:
   gap = value - constraint.target
   return gap if constraint.kind == 'eq' else jnp.maximum(gap, 0.0)
@@ -106,7 +114,8 @@ def multiplier_optimizer(
   """
   rates = dict(learning_rate) if isinstance(learning_rate, Mapping) else None
   for lr in (rates.values() if rates is not None else [learning_rate]):
-    if lr <= 0:
+    # Array rates (a run's Hypers, traced in its step) were checked as config values.
+    if isinstance(lr, (int, float)) and lr <= 0:
       raise ValueError(f'multiplier learning_rate={lr} must be > 0.')
 
   def init_fn(params):

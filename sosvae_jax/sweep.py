@@ -243,12 +243,14 @@ def _name_part(value: Any) -> str:
 
 
 def point_name(overrides: Mapping[str, Any]) -> str:
-  """Deterministic folder name: 'kl_weight=0.01,seed=1' ('base' when empty).
+  """Deterministic folder name: 'kl_weight=0.01+seed=1' ('base' when empty).
 
   Characters outside [A-Za-z0-9.+-] in values become '_'; names longer than
-  MAX_NAME_LENGTH are cut and end with a hash of the full name.
+  MAX_NAME_LENGTH are cut and end with a hash of the full name. No comma:
+  point folders go into comma-separated list flags (experiments.report
+  --workdirs).
   """
-  name = ','.join(f'{k}={_name_part(v)}' for k, v in overrides.items()) or 'base'
+  name = '+'.join(f'{k}={_name_part(v)}' for k, v in overrides.items()) or 'base'
   if len(name) > MAX_NAME_LENGTH:
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
     name = f'{name[:MAX_NAME_LENGTH - 11]}~{digest}'
@@ -483,7 +485,8 @@ def write_point_status(point: Point, outcome: Outcome, stage: str) -> None:
        'stage': stage, **dataclasses.asdict(outcome)}, indent=2) + '\n')
 
 
-def _error_message(e: BaseException) -> str:
+def error_message(e: BaseException) -> str:
+  """The last line of an exception's report (cut at 2000 characters)."""
   last = traceback.format_exception_only(type(e), e)[-1].strip()
   return last if len(last) < 2000 else last[:2000] + '...'
 
@@ -494,10 +497,10 @@ def train_point(point: Point) -> Outcome:
   try:
     train.train_and_evaluate(point.config, point.workdir)
   except train.NonFiniteError as e:
-    return Outcome(NONFINITE, _error_message(e), time.time() - t0)
+    return Outcome(NONFINITE, error_message(e), time.time() - t0)
   except Exception as e:  # pylint: disable=broad-except
     logging.exception('Point %d (%s) failed.', point.index, point.name)
-    return Outcome(FAILED, _error_message(e), time.time() - t0)
+    return Outcome(FAILED, error_message(e), time.time() - t0)
   seconds = time.time() - t0
   if not is_trained(point.workdir, point.config.num_steps):
     # train_and_evaluate returns early only when stopped by a signal.
@@ -534,7 +537,7 @@ def evaluate_point(point: Point) -> Outcome:
                                 settings.from_config(point.config.get('evaluation')))
   except Exception as e:  # pylint: disable=broad-except
     logging.exception('Evaluation of point %d (%s) failed.', point.index, point.name)
-    return Outcome(FAILED, 'evaluation: ' + _error_message(e), time.time() - t0)
+    return Outcome(FAILED, 'evaluation: ' + error_message(e), time.time() - t0)
   return Outcome(FINISHED, '', time.time() - t0)
 
 

@@ -35,6 +35,7 @@ from sosvae_jax.models import LIKELIHOODS
 from sosvae_jax.models import PENALTY_COLLECTION
 from sosvae_jax.models import STATS_COLLECTION
 from sosvae_jax.train_state import all_finite
+from sosvae_jax.train_state import Hypers
 from sosvae_jax.train_state import model_variables
 from sosvae_jax.train_state import RunParts
 from sosvae_jax.train_state import TrainState
@@ -96,26 +97,32 @@ def loss_fn(params, multipliers, model_state, batch: Array, rng: Array,
   return loss, (metrics, new_model_state)
 
 
-def train_step(state: TrainState, batch: Array, *, model: nn.Module,
-               tx: optax.GradientTransformation,
-               multiplier_tx: optax.GradientTransformation,
-               constraints: Mapping[str, lagrangian.Constraint],
-               pretrain_steps: int = 0,
-               kl_weight: float = 1.0) -> tuple[TrainState, dict[str, Array]]:
+def train_step(state: TrainState, batch: Array, hypers: Hypers, *, model: nn.Module,
+               optimizer: Callable[[Hypers], optax.GradientTransformation],
+               constraints: Mapping[str, lagrangian.Constraint]
+               ) -> tuple[TrainState, dict[str, Array]]:
   """One step: descent on the network, projected ascent on the multipliers.
 
-  The mean-head pretraining freeze and the variance heads' learning-rate
-  scale are part of `tx` (train_state.make_optimizer); `pretrain_steps` only
-  labels the metrics.
+  Every per-run value (KL weight, constraint targets and dampings,
+  multiplier rates, pretraining length, variance learning-rate scale, fixed
+  sigma) comes from `hypers`, so that a sweep can vmap this step over a
+  leading model axis of (state, batch, hypers). `optimizer(hypers)` is the
+  network's optax transformation (train_state.make_optimizer): the
+  mean-head pretraining freeze and the variance heads' learning-rate scale
+  are part of it; `constraints` gives the kinds, `hypers` the numbers.
   """
+  model = train_state_lib.with_likelihood_fields(model, hypers.likelihood)
+  constraints = lagrangian.with_values(constraints, hypers.targets, hypers.dampings)
+  tx = optimizer(hypers)
+  multiplier_tx = lagrangian.multiplier_optimizer(hypers.multiplier_lrs)
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(
       functools.partial(loss_fn, model=model, constraints=constraints,
-                        kl_weight=kl_weight),
+                        kl_weight=hypers.kl_weight),
       argnums=(0, 1), has_aux=True)
   (_, (metrics, model_state)), (grads, mult_grads) = grad_fn(
       state.params, state.multipliers, state.model_state, batch, rng, state.step)
-  pretraining = state.step < pretrain_steps
+  pretraining = state.step < hypers.pretrain_steps
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   mult_updates, mult_state = multiplier_tx.update(
@@ -165,15 +172,20 @@ class RunSetup(NamedTuple):
   step: Callable[[TrainState, Array], tuple[TrainState, dict[str, Array]]]
 
 
+def hyper_step_function(config, parts: RunParts) -> Callable:
+  """train_step bound to the pieces that fix shapes and control flow: pure,
+  (state, batch, hypers) -> (state, metrics). A sweep vmaps it over a
+  leading model axis; every config sharing these pieces may pass its Hypers."""
+  return functools.partial(train_step, model=parts.model,
+                           optimizer=functools.partial(train_state_lib.make_optimizer, config),
+                           constraints=parts.constraints)
+
+
 def step_function(config, parts: RunParts) -> Callable:
-  """train_step bound to the run's pieces: pure, (state, batch) -> (state,
-  metrics); jit it with the shardings of the caller (or vmap it over a
-  leading model axis of the state)."""
-  return functools.partial(train_step, model=parts.model, tx=parts.tx,
-                           multiplier_tx=parts.multiplier_tx,
-                           constraints=parts.constraints,
-                           pretrain_steps=config.pretrain_steps,
-                           kl_weight=config.get('kl_weight', 1.0))
+  """train_step bound to the run's pieces and its own Hypers: pure, (state,
+  batch) -> (state, metrics); jit it with the shardings of the caller."""
+  return functools.partial(hyper_step_function(config, parts),
+                           hypers=train_state_lib.hypers_from_config(config))
 
 
 def setup(config) -> RunSetup:
@@ -226,8 +238,10 @@ def capacitance_diagnosis(cov_factor: np.ndarray, cov_diag: np.ndarray) -> str:
           f'condition numbers up to {condition.max():.2g} (float64 estimate; float32 '
           f'holds ~7 digits) and its float32 Cholesky returned NaN for '
           f'{int(failed.sum())} of {len(failed)} images: the factor P has grown far '
-          'larger than the diagonal D allows (raise config.likelihood.fixed_diag or '
-          'min_variance, or lower config.optimizer.variance_lr_scale)')
+          'larger than the diagonal D allows (set --config.likelihood.capacitance_jitter'
+          '=1e-6 to retry a failed factorisation with jitter, see README; or raise '
+          'config.likelihood.fixed_diag or min_variance, or lower '
+          'config.optimizer.variance_lr_scale)')
 
 
 def _format_duration(seconds: float) -> str:

@@ -38,6 +38,54 @@ class TrainState:
   nonfinite_total: Array  # int32: all skipped steps of the run
 
 
+@flax.struct.dataclass
+class Hypers:
+  """Per-run values the train step reads as arrays, not as compiled constants.
+
+  A single run passes its own (train.step_function); a sweep stacks the
+  Hypers of several runs along a leading model axis and vmaps the same step
+  over them, so both execute the same maths. The learning rate is not here:
+  optax.inject_hyperparams keeps it in the optimizer state.
+  """
+
+  kl_weight: Array  # float32: beta of the plain ELBO (no KL constraint)
+  pretrain_steps: Array  # int32: optimizer updates with the variance heads frozen
+  variance_lr_scale: Array  # float32
+  targets: dict[str, Array]  # {constraint: xi}
+  dampings: dict[str, Array]  # {constraint: c}
+  multiplier_lrs: dict[str, Array]  # {constraint: ascent rate}
+  likelihood: dict[str, Array]  # TRACED_LIKELIHOOD_FIELDS the head has
+
+
+# Likelihood head fields a train step may take as arrays (the head clones
+# itself with them): a fixed sigma.
+TRACED_LIKELIHOOD_FIELDS = ('sigma',)
+
+
+def hypers_from_config(config) -> Hypers:
+  """The Hypers of one run's config, as float32 / int32 arrays."""
+  constraints = lagrangian.constraints_from_config(config.constraints)
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  rates = lagrangian.multiplier_learning_rates(config.constraints,
+                                               config.multiplier_learning_rate)
+  return Hypers(
+      kl_weight=f32(config.get('kl_weight', 1.0)),
+      pretrain_steps=jnp.asarray(int(config.pretrain_steps), jnp.int32),
+      variance_lr_scale=f32(config.optimizer.get('variance_lr_scale', 1.0)),
+      targets={k: f32(c.target) for k, c in constraints.items()},
+      dampings={k: f32(c.damping) for k, c in constraints.items()},
+      multiplier_lrs={k: f32(v) for k, v in rates.items()},
+      likelihood={k: f32(config.likelihood[k]) for k in TRACED_LIKELIHOOD_FIELDS
+                  if k in config.likelihood})
+
+
+def with_likelihood_fields(model: nn.Module, fields: Mapping[str, Array]) -> nn.Module:
+  """The model with its likelihood head's fields replaced (traced values)."""
+  if not fields:
+    return model
+  return model.clone(likelihood=model.likelihood.clone(**fields))
+
+
 class RunParts(NamedTuple):
   """What a run is built from; equal configs give equal (hashable) parts."""
 
@@ -67,7 +115,7 @@ def model_variables(params, model_state) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 # Optimizers.
 # ----------------------------------------------------------------------------
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(config, hypers: Hypers | None = None) -> optax.GradientTransformation:
   """Adam on the network, with the variance heads frozen and slowed by label.
 
   The parameters of the likelihood's variance heads (its registry entry names
@@ -81,6 +129,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
   The freeze counts optimizer updates: a skipped (non-finite) step, which
   keeps the old optimizer state, lengthens it by one step.
+
+  With `hypers` the freeze length and the scale are its (possibly traced)
+  values, else the config's; the optimizer state's structure is the same.
   """
   cfg = config.optimizer
   if cfg.learning_rate <= 0:
@@ -95,9 +146,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.multi_transform({'variance': transform, 'other': optax.identity()},
                                  labels)
 
+  pretrain_steps = int(config.pretrain_steps) if hypers is None else hypers.pretrain_steps
+  variance_lr_scale = (cfg.get('variance_lr_scale', 1.0) if hypers is None
+                       else hypers.variance_lr_scale)
   frozen_then_free = optax.join_schedules(
-      [optax.constant_schedule(0.0), optax.constant_schedule(1.0)],
-      [int(config.pretrain_steps)])
+      [optax.constant_schedule(0.0), optax.constant_schedule(1.0)], [pretrain_steps])
   parts = [on_variance(optax.scale_by_schedule(frozen_then_free))]
   if cfg.get('grad_clip_norm', 0):
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
@@ -105,7 +158,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   # Slower variance heads: P may only grow as fast as the mean can follow.
   # Always present, so that the optimizer state has one structure whatever
   # the scale (a resume or a sweep may change it).
-  parts.append(on_variance(optax.scale(cfg.get('variance_lr_scale', 1.0))))
+  parts.append(on_variance(optax.scale(variance_lr_scale)))
   return optax.chain(*parts)
 
 

@@ -123,13 +123,17 @@ def test_product_and_zip():
     sweep.zip(a, sweep.axis('y', [1]))
 
 
-@pytest.mark.parametrize('path, config, arg, count', [
-    ('experiments/sweeps/beta_grid.py', beta_vae, None, 8 * 3),
-    ('experiments/sweeps/beta_grid.py', beta_vae, 'smoke', 2),
-    ('experiments/sweeps/entropy_budget.py', default, None, 5 * 3),
-    ('experiments/sweeps/entropy_budget.py', default, 'smoke', 2),
+@pytest.mark.parametrize('path, config, arg, count, groups', [
+    ('experiments/sweeps/beta_grid.py', beta_vae, None, 8 * 3, 1),
+    ('experiments/sweeps/beta_grid.py', beta_vae, 'smoke', 2, 1),
+    ('experiments/sweeps/entropy_budget.py', default, None, 5 * 3, 1),
+    ('experiments/sweeps/entropy_budget.py', default, 'smoke', 2, 1),
+    # The factor's source changes the parameter tree: one group per source.
+    ('experiments/sweeps/structure.py', default, None, 2 * 2, 2),
+    ('experiments/sweeps/structure.py', default, 'smoke', 2 * 2, 2),
 ])
-def test_sweep_files_load_and_every_point_passes_the_checks(tmp_path, path, config, arg, count):
+def test_sweep_files_load_and_every_point_passes_the_checks(tmp_path, path, config, arg,
+                                                           count, groups):
   spec = str(ROOT / path) + (f':{arg}' if arg else '')
   overrides = sweep.load_sweep_file(spec)
   assert len(overrides) == count
@@ -137,7 +141,12 @@ def test_sweep_files_load_and_every_point_passes_the_checks(tmp_path, path, conf
   base.lock()
   points = sweep.make_points(base, overrides, str(tmp_path))
   sweep.check_points(points)
-  assert len(sweep.group_points(points)) == 1  # only traced values change
+  assert len(sweep.group_points(points)) == groups
+
+
+def test_point_names_fit_comma_separated_list_flags():
+  name = sweep.point_name({'kl_weight': 0.01, 'model.channels': (8, 16), 'seed': 1})
+  assert ',' not in name  # experiments.report --workdirs=A,B
 
 
 def test_sweep_file_errors(tmp_path):
@@ -149,12 +158,12 @@ def test_sweep_file_errors(tmp_path):
 
 
 def test_names_are_deterministic_sanitised_and_bounded():
-  assert sweep.point_name({'kl_weight': 0.01, 'seed': 1}) == 'kl_weight=0.01,seed=1'
+  assert sweep.point_name({'kl_weight': 0.01, 'seed': 1}) == 'kl_weight=0.01+seed=1'
   assert sweep.point_name({}) == 'base'
   assert sweep.point_name({'model.channels': (8, 16), 'likelihood.name': 'a/b c',
                            'constraints.kl.enabled': False, 'likelihood.sigma': 1e-5}) == (
-                               'model.channels=8_16,likelihood.name=a_b_c,'
-                               'constraints.kl.enabled=false,likelihood.sigma=1e-05')
+                               'model.channels=8_16+likelihood.name=a_b_c+'
+                               'constraints.kl.enabled=false+likelihood.sigma=1e-05')
   long = {f'field_{i}': 0.123456789 for i in range(20)}
   name = sweep.point_name(long)
   assert len(name) == sweep.MAX_NAME_LENGTH and name == sweep.point_name(dict(long))
@@ -233,7 +242,7 @@ def test_print_run_fail_index_rerun_and_collect(tmp_path):
   sweep_file.write_text(SWEEP_FILE)
   root = tmp_path / 'sweep'
   flags = [f'--config={BASE}', *TINY, f'--sweep={sweep_file}', f'--workdir={root}']
-  names = ['kl_weight=0.01,seed=0', 'kl_weight=0.01,seed=1', 'kl_weight=0.1,seed=0']
+  names = ['kl_weight=0.01+seed=0', 'kl_weight=0.01+seed=1', 'kl_weight=0.1+seed=0']
 
   # --mode=print: one runnable command per point, nothing trained.
   printed = _run(*flags, '--mode=print')
