@@ -17,6 +17,7 @@ Exit codes (a scheduler or a script can tell these apart):
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from typing import Sequence
@@ -45,6 +46,19 @@ def fail(message: str, code: int = USER_ERROR) -> None:
   """Logs `message` as one error and exits with `code` (no traceback)."""
   logging.error('%s', message)
   sys.exit(code)
+
+
+@contextlib.contextmanager
+def interrupt_ends_quietly(what: str):
+  """Ctrl-C inside the block ends the command with one line and exit code
+  INTERRUPTED instead of a KeyboardInterrupt traceback. For commands that
+  only read a run (evaluation, figures, reports): they keep nothing that a
+  rerun would not redo."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    fail(f'Interrupted (Ctrl-C) while {what}; nothing of the run was changed: '
+         'rerun the same command to start again.', INTERRUPTED)
 
 
 def _flag_error_text(error: flags.Error) -> str:

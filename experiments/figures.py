@@ -51,10 +51,11 @@ def main(argv):
   try:
     # First, so that nothing is created in a folder that is no run.
     checkpoints.load_config(FLAGS.workdir)
-    written = figures.render_figures(
-        FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,
-        example=FLAGS.example,
-        ppca_examples=FLAGS.ppca_examples, figure5_mode=FLAGS.figure5_mode)
+    with cli.interrupt_ends_quietly('rendering figures'):
+      written = figures.render_figures(
+          FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,
+          example=FLAGS.example,
+          ppca_examples=FLAGS.ppca_examples, figure5_mode=FLAGS.figure5_mode)
   except (FileNotFoundError, ValueError) as e:  # messages say what to do
     cli.fail(str(e))
   for name, path in written.items():

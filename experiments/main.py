@@ -59,7 +59,8 @@ def _evaluate(workdir: str, config) -> None:
   except (ValueError, TypeError, FileNotFoundError) as e:  # TypeError: an unknown field
     cli.fail(str(e))
   try:
-    evaluate.evaluate_and_write(workdir, eval_settings)
+    with cli.interrupt_ends_quietly('evaluating'):
+      evaluate.evaluate_and_write(workdir, eval_settings)
   except (ValueError, FileNotFoundError) as e:  # incl. DataNotFoundError
     # Not TypeError: past the settings, one is a bug and keeps its traceback.
     cli.fail(str(e))

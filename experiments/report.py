@@ -32,8 +32,9 @@ def main(argv):
                          f'{len(_WORKDIRS.value)}: give one name per workdir.',
                          exitcode=cli.USER_ERROR)
   try:
-    paths = report.write_report(_WORKDIRS.value, _OUT.value, _NAMES.value,
-                                _SAMPLER.value)
+    with cli.interrupt_ends_quietly('writing the report'):
+      paths = report.write_report(_WORKDIRS.value, _OUT.value, _NAMES.value,
+                                  _SAMPLER.value)
   except (FileNotFoundError, ValueError) as e:  # messages say what to do
     cli.fail(str(e))
   with open(paths['markdown']) as f:

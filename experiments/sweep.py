@@ -27,6 +27,7 @@ from experiments import cli
 from sosvae_jax import logs
 from sosvae_jax import sweep
 from sosvae_jax import sweep_vmap  # pylint: disable=unused-import (registers --mode=vmap)
+from sosvae_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -82,12 +83,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]} (only "collect").',
                          exitcode=cli.USER_ERROR)
   try:
+    workdir_lib.check_workdir_path(FLAGS.workdir)
     config_arg, base_overrides, points = _points()
     groups = sweep.group_points(points)
     sweep.check_points(points)
     if FLAGS.index is not None and not 0 <= FLAGS.index < len(points):
       raise sweep.SweepError(f'--index={FLAGS.index}: the sweep has points 0..{len(points) - 1}.')
-  except sweep.SweepError as e:
+  except (sweep.SweepError, workdir_lib.WorkdirError) as e:
     logging.error('%s', e)
     sys.exit(2)
   print(sweep.describe_groups(groups))

@@ -191,3 +191,19 @@ def test_beta_grid_workdir_that_is_a_file(tmp_path):
   (tmp_path / 'grid').write_text('')
   _assert_user_error(_command('experiments.beta_grid', f'--workdir={tmp_path / "grid"}',
                               '--smoke'), 'is a file, not a folder')
+
+
+def test_sweep_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'sweep').write_text('')
+  _assert_user_error(_command('experiments.sweep', SMOKE, f'--workdir={tmp_path / "sweep"}',
+                              '--grid=seed=1,2', '--mode=print'), 'is a file, not a folder')
+
+
+def test_ctrl_c_in_a_reading_command_ends_with_one_line(capsys):
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as stopped:
+    with cli.interrupt_ends_quietly('evaluating'):
+      raise KeyboardInterrupt
+  assert stopped.value.code == cli.INTERRUPTED == 130
+  with cli.interrupt_ends_quietly('evaluating'):
+    pass  # no interrupt: nothing happens
