@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sweep as sweep_command
 from experiments.configs import default
 from experiments.configs.sigma_vae import optimal_sigma
 from sosvae_jax import checkpoints
@@ -140,12 +139,20 @@ def test_sweep_mesh_splits_models_then_data():
 
 
 def test_exit_codes():
-  done, stopped = sweep.Outcome(sweep.FINISHED), sweep.Outcome(sweep.UNFINISHED)
-  failed = sweep.Outcome(sweep.FAILED)
-  assert sweep_command.exit_code(False, [done, done]) == 0
-  assert sweep_command.exit_code(False, [done, stopped]) == 4
-  assert sweep_command.exit_code(False, [failed, stopped]) == 1
-  assert sweep_command.exit_code(True, [done]) == 1
+  # In a subprocess: the command module defines absl flags at import, which
+  # would clash with other commands' flags in the test process.
+  script = '''
+from experiments import sweep as command
+from sosvae_jax import sweep
+done, stopped = sweep.Outcome(sweep.FINISHED), sweep.Outcome(sweep.UNFINISHED)
+failed = sweep.Outcome(sweep.FAILED)
+print([command.exit_code(False, [done, done]), command.exit_code(False, [done, stopped]),
+       command.exit_code(False, [failed, stopped]), command.exit_code(True, [done])])
+'''
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split('\n')[-2] == '[0, 4, 1, 1]'
 
 
 # ----------------------------------------------------------------------------
