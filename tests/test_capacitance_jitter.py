@@ -156,9 +156,10 @@ def test_nonfinite_message_names_the_remedy_and_the_remedy_works():
 
 # ------------------------------------------------------------------ config
 def _config(**likelihood):
+  # A fresh section: the base config's typed float field would refuse a
+  # string before the checks see it, as a config read from JSON does not.
   config = common.base_config()
-  for k, v in likelihood.items():
-    config.likelihood[k] = v
+  config.likelihood = ml_collections.ConfigDict({**config.likelihood.to_dict(), **likelihood})
   return config
 
 
