@@ -15,6 +15,7 @@ from sosvae_jax.distributions import lowrank_entropy
 from sosvae_jax.distributions import lowrank_log_prob
 from sosvae_jax.distributions import lowrank_log_prob_and_entropy
 from sosvae_jax.distributions import lowrank_log_prob_autodiff
+from test_lowrank import _weighted_objective
 
 BATCH_SHAPES = [(), (3,), (2, 3)]
 ARG_NAMES = ('x', 'loc', 'factor', 'diag')
@@ -101,14 +102,6 @@ def _case(rng, batch, size, rank, kind, high=1e3):
   return x, loc, factor, diag
 
 
-def _weighted(fn, w_lp, w_h):
-  """sum(w_lp log_prob + w_h entropy): distinct cotangents per image and output."""
-  def objective(x, loc, factor, diag):
-    log_prob, entropy = fn(x, loc, factor, diag)
-    return jnp.sum(w_lp * log_prob) + jnp.sum(w_h * entropy)
-  return objective
-
-
 def _reference_weighted(reference, args, w_lp, w_h):
   """The weighted objective's value and gradients, image by image in float64."""
   batch = args[0].shape[:-1]
@@ -142,7 +135,7 @@ def test_value_and_all_gradients_match_dense_float64(x64, batch, rank, kind):
   rng = np.random.default_rng([len(batch), rank, len(kind)])
   args = _case(rng, batch, 24, rank, kind)
   w_lp, w_h = rng.normal(size=batch), rng.normal(size=batch)
-  fn = jax.jit(jax.value_and_grad(_weighted(lowrank_log_prob_and_entropy, w_lp, w_h),
+  fn = jax.jit(jax.value_and_grad(_weighted_objective(lowrank_log_prob_and_entropy, w_lp, w_h),
                                   argnums=(0, 1, 2, 3)))
   value, grads = fn(*args)
   want_value, want = _reference_weighted(_dense_reference, args, w_lp, w_h)
@@ -234,7 +227,7 @@ def test_float32_at_benchmark_shapes_within_goal(size):
   w_lp, w_h = np.float32([1.0, 0.7]), np.float32([-0.3, 1.0])
   log_prob = jax.jit(lowrank_log_prob)(*args)
   assert log_prob.dtype == jnp.float32
-  grads = jax.jit(jax.grad(_weighted(lowrank_log_prob_and_entropy, w_lp, w_h),
+  grads = jax.jit(jax.grad(_weighted_objective(lowrank_log_prob_and_entropy, w_lp, w_h),
                            argnums=(0, 1, 2, 3)))(*args)
   args64 = tuple(np.float64(a) for a in args)
   for b in range(2):

@@ -195,6 +195,11 @@ def _structure(run, images: np.ndarray, post_mean: np.ndarray, s: EvalSettings,
   return metrics, {'test_posterior_mean': test, 'prior': prior, 'images': n}
 
 
+def _structure_key(key: Array) -> Array:
+  """The prior draws of the structure report, from the evaluation's key."""
+  return jax.random.fold_in(key, 5)
+
+
 def _posterior_means(run, images: np.ndarray, batch_size: int) -> np.ndarray:
   encode = _compiled(_encode_means, run.model)
   return np.concatenate([np.asarray(encode(run.variables, b))[:n]
@@ -225,7 +230,7 @@ def structure_of_run(run: checkpoints.RestoredRun, images: np.ndarray,
   n = min(s.structure_examples, len(images))
   post_mean = _posterior_means(run, images[:n], s.batch_size)
   return _structure(run, images[:n], post_mean, s,
-                    jax.random.fold_in(jax.random.PRNGKey(seed), 5))
+                    _structure_key(jax.random.PRNGKey(seed)))
 
 
 def bits_per_dim(log_p: float, num_dims: int, discrete: bool) -> float:
@@ -357,7 +362,7 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   num_dims = int(np.prod(config.data.image_shape))
   key = jax.random.PRNGKey(s.seed)
   keys = dict(zip(('elbo', 'mi', 'sampler', 'generate'), jax.random.split(key, 4)))
-  keys['structure'] = jax.random.fold_in(key, 5)
+  keys['structure'] = _structure_key(key)
   logging.info('Evaluating %s (step %d, likelihood %s).', workdir, run.step,
                config.likelihood.name)
 
