@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Mapping
 
 from absl import logging
@@ -137,13 +138,16 @@ def write_run_summary(workdir: str, step: int, hparams: Mapping[str, Any],
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   scalars = flat_scalars(results)
   board = os.path.join(workdir, TENSORBOARD_DIR)
-  with SummaryWriter(board) as tb:
+  # Event files are named by the second and the host: a second evaluation of
+  # the same workdir within that second would overwrite the first's file.
+  stamp = f'{time.time_ns()}.{os.getpid()}'
+  with SummaryWriter(board, filename_suffix=f'.{stamp}') as tb:
     for name, value in scalars.items():
       tb.add_scalar(f'{tag}/{name}', value, int(step))
     values = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
               for k, v in hparams.items()}
     tb.add_hparams(values, {f'hparam/{k}': v for k, v in scalars.items()},
-                   name='hparams', global_step=int(step))
+                   name=os.path.join('hparams', stamp), global_step=int(step))
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:

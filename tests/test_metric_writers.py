@@ -98,3 +98,17 @@ def test_run_summary_has_results_and_hparams(tmp_path):
   assert plugin and b'lowrank_gaussian' in b''.join(
       v.metadata.plugin_data.content for v in plugin)
   assert json.loads(json.dumps(metric_writers.flat_scalars({'a': {'b': 1}}))) == {'a/b': 1.0}
+
+
+def test_run_summaries_in_one_second_are_all_kept(tmp_path):
+  # Two evaluations of one workdir (prior, then mixture) can finish within the
+  # second that names an event file; neither may overwrite the other.
+  for sampler in ('prior', 'gmm'):
+    metric_writers.write_run_summary(str(tmp_path), 7, {'likelihood.name': sampler},
+                                     {sampler: {'elbo': -1.0}})
+  events = _events(str(tmp_path))
+  tags = {v.tag for e in events for v in e.summary.value}
+  assert {'eval/prior/elbo', 'eval/gmm/elbo'} <= tags
+  contents = b''.join(v.metadata.plugin_data.content for e in events for v in e.summary.value
+                      if v.metadata.plugin_data.plugin_name == 'hparams')
+  assert b'prior' in contents and b'gmm' in contents
