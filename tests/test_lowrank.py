@@ -480,3 +480,34 @@ def test_bfloat16_inputs_compute_in_float32():
   grads = jax.jit(jax.grad(lambda p: jnp.sum(lowrank_log_prob(args[0], args[1], p, args[3]))))(
       args[2])
   assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads)))
+
+
+@pytest.mark.parametrize('diag_value', [None, 1e-5])
+def test_diagonal_mean_gradient_routes_only_the_mean(x64, diag_value):
+  """mean_gradient='diagonal': same values; d/dmu = D^-1 (x - mu), d/dP and d/dd
+  those of the full density (dense matrix calculus), with a tiny diagonal too."""
+  rng = np.random.default_rng(11)
+  loc, factor, diag = _params(rng, (2,), 9, 3, diag=diag_value)
+  x = loc + _dense_cov(factor, diag)[0, :, :1].T + rng.normal(size=(2, 9))
+
+  def log_prob(use_joint, loc, factor, diag):
+    dist = LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diagonal')
+    return jnp.sum(dist.log_prob_and_entropy(x)[0] if use_joint else dist.log_prob(x))
+
+  exact = LowRankMultivariateNormal(loc, factor, diag).log_prob(x)
+  prec = np.linalg.inv(_dense_cov(factor, diag))
+  alpha = np.einsum('bst,bt->bs', prec, x - loc)
+  outer = np.einsum('bs,bt->bst', alpha, alpha) - prec
+  for use_joint in (False, True):
+    value = LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diagonal')
+    value = value.log_prob_and_entropy(x)[0] if use_joint else value.log_prob(x)
+    np.testing.assert_array_equal(value, exact)
+    grads = jax.grad(log_prob, argnums=(1, 2, 3))(use_joint, loc, factor, diag)
+    np.testing.assert_allclose(grads[0], (x - loc) / diag, rtol=1e-9)
+    np.testing.assert_allclose(grads[1], outer @ factor, rtol=1e-7)
+    np.testing.assert_allclose(grads[2], 0.5 * np.einsum('bss->bs', outer), rtol=1e-7)
+  # Indexing keeps the setting; an unknown one is refused by name.
+  sliced = LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diagonal')[0]
+  assert sliced.mean_gradient == 'diagonal'
+  with pytest.raises(ValueError, match="mean_gradient='diag'.*'full', 'diagonal'"):
+    LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diag')

@@ -144,6 +144,50 @@ def test_factor_trunk_that_overshoots_the_image_is_rejected():
   assert any('positive ints' in p for p in entry.problems(config))
 
 
+def test_diagonal_mean_gradient_trains_the_mean_as_the_diagonal_normal():
+  """Through the whole VAE: the mean trunk's and encoder's gradients of
+  log p(x|z) are those of log N(x; mu, D); the factor decoder's are those
+  of the full likelihood; the value is the same."""
+  config = _factor_decoder_config(head_init_stddev=0.1)
+  model, params, x = _init(config)
+  x = x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  rngs = {'sample': jax.random.PRNGKey(2)}
+
+  def log_prob(p, mean_gradient, kind='lowrank'):
+    out = model.apply({'params': p}, x, rngs=rngs)
+    dist = out.observation
+    target = x.reshape(x.shape[0], -1)
+    if kind == 'diagonal':
+      return jnp.sum(-0.5 * jnp.square(target - dist.loc) / dist.cov_diag)
+    dist = LowRankMultivariateNormal(dist.loc, dist.cov_factor, dist.cov_diag,
+                                     mean_gradient=mean_gradient)
+    return jnp.sum(dist.log_prob(target))
+
+  value_full, full = jax.value_and_grad(log_prob)(params, 'full')
+  value_diag, diag = jax.value_and_grad(log_prob)(params, 'diagonal')
+  reference = jax.grad(log_prob)(params, 'full', 'diagonal')
+  assert value_diag == value_full
+  for part in ('encoder', 'trunk'):
+    for got, want, exact in zip(*(jax.tree.leaves(g[part]) for g in (diag, reference, full))):
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))
+      assert not np.allclose(got, exact, rtol=1e-2)
+  for got, want in zip(*(jax.tree.leaves(g['likelihood']['factor_decoder']) for g in (diag, full))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+def test_mean_gradient_reaches_the_distribution_and_a_bad_one_is_named():
+  config = _factor_decoder_config()
+  assert config.likelihood.mean_gradient == 'full'
+  config.likelihood.mean_gradient = 'diagonal'
+  model, params, x = _init(config)
+  out = model.apply({'params': params}, x, rngs={'sample': jax.random.PRNGKey(2)})
+  assert out.observation.mean_gradient == 'diagonal'
+  config.likelihood.mean_gradient = 'diag'
+  problems = LIKELIHOODS['lowrank_gaussian'].problems(config)
+  assert any(p.startswith("config.likelihood.mean_gradient='diag':") and 'full' in p
+             and 'diagonal' in p for p in problems), problems
+
+
 def test_unknown_likelihood_lists_choices():
   config = default.get_config('smoke')
   config.likelihood.name = 'lowrank'

@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.likelihood = ml_collections.ConfigDict(dict(
       name='lowrank_gaussian', rank=25, fixed_diag=1e-5, min_variance=1e-5,
       init_variance=0.05, head_init_stddev=1e-5,
-      detach_variance_features=True, capacitance_jitter=0.0))
+      detach_variance_features=True, capacitance_jitter=0.0, mean_gradient='full'))
   config.constraints = ml_collections.ConfigDict(dict(
       kl=dict(enabled=True, target=25.0, kind='eq', damping=10.0,
               initial_multiplier=0.0, multiplier_lr=10.0),

@@ -44,6 +44,15 @@ directions where C is nearly singular: with eps = 1e-6 log_prob and entropy
 within ~0.1 nat, the entropy's gradient w.r.t. P within ~20% (1e-4: 0.2%);
 a larger eps is more accurate but shrinks P more (the variance along P is
 capped near R d / eps where jitter is needed).
+
+Mean gradient (opt-in, `mean_gradient='diagonal'`): the value of log_prob is
+unchanged, but its gradient w.r.t. mu is that of log N(x; mu, D), i.e.
+-(mu - x) / d, while P and d get the gradient of the full density at a held
+mu. With the exact gradient the mean's error along span(P) is divided by
+s^2 + d instead of d: the more of the residual P explains, the less the
+mean is pushed to remove it, and a run whose P grows early settles on a
+blurred mean (docs/structure_study.md). This is a training device, not a
+different distribution: densities, samples and moments are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ Array = jax.Array
 _LOG_2PI = math.log(2.0 * math.pi)
 # Retries of a failed capacitance factorisation, at jitter eps * 10^k.
 CAPACITANCE_JITTER_TRIES = 3
+# Where log_prob's gradient w.r.t. the mean comes from (LowRankMultivariateNormal).
+MEAN_GRADIENTS = ('full', 'diagonal')
 
 
 class LowRankNoise(NamedTuple):
@@ -484,6 +495,10 @@ class LowRankMultivariateNormal(distrax.Distribution):
       not factorise, log_prob, entropy and log_det_covariance are those of
       the factor shrunk by the jitter (module docstring); moments and
       samples are always those of cov_factor.
+    mean_gradient: 'full' (exact) or 'diagonal': log_prob's gradient w.r.t.
+      loc is that of the diagonal normal N(loc, diag(cov_diag)), the other
+      parameters' that of the full density at a held loc (module
+      docstring). Values are unchanged.
 
   Batch dims of the three parameters broadcast against each other.
   """
@@ -491,9 +506,13 @@ class LowRankMultivariateNormal(distrax.Distribution):
   equiv_tfp_cls = None
 
   def __init__(self, loc: Array, cov_factor: Array, cov_diag: Array, *,
-               capacitance_jitter: float | None = None):
+               capacitance_jitter: float | None = None,
+               mean_gradient: str = 'full'):
     super().__init__()
+    if mean_gradient not in MEAN_GRADIENTS:
+      raise ValueError(f'mean_gradient={mean_gradient!r}: must be one of {MEAN_GRADIENTS}.')
     self._capacitance_jitter = capacitance_jitter
+    self._mean_gradient = mean_gradient
     self._check_parameters(loc, cov_factor, cov_diag)
     dtype = compute_dtype(loc, cov_factor, cov_diag)
     batch = jnp.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2],
@@ -559,9 +578,28 @@ class LowRankMultivariateNormal(distrax.Distribution):
   def capacitance_jitter(self) -> float | None:
     return self._capacitance_jitter
 
+  @property
+  def mean_gradient(self) -> str:
+    return self._mean_gradient
+
+  def _loc_for_density(self) -> Array:
+    """loc, held constant where the mean's gradient is the diagonal one's."""
+    if self._mean_gradient == 'diagonal':
+      return jax.lax.stop_gradient(self._loc)
+    return self._loc
+
+  def _diagonal_mean_gradient(self, value: Array) -> Array:
+    """Zero-valued; its gradient w.r.t. loc is that of log N(value; loc, D)."""
+    if self._mean_gradient != 'diagonal':
+      return jnp.zeros((), self._loc.dtype)
+    term = -0.5 * jnp.sum(jnp.square(value - self._loc)
+                          / jax.lax.stop_gradient(self._cov_diag), -1)
+    return term - jax.lax.stop_gradient(term)
+
   def log_prob(self, value: Array) -> Array:
-    return lowrank_log_prob(value, self._loc, self._cov_factor, self._cov_diag,
-                            capacitance_jitter=self._capacitance_jitter)
+    return lowrank_log_prob(value, self._loc_for_density(), self._cov_factor,
+                            self._cov_diag, capacitance_jitter=self._capacitance_jitter
+                            ) + self._diagonal_mean_gradient(value)
 
   def entropy(self) -> Array:
     return lowrank_entropy(self._cov_factor, self._cov_diag,
@@ -569,9 +607,10 @@ class LowRankMultivariateNormal(distrax.Distribution):
 
   def log_prob_and_entropy(self, value: Array) -> tuple[Array, Array]:
     """(log_prob(value), entropy()) from one capacitance factorisation."""
-    return lowrank_log_prob_and_entropy(
-        value, self._loc, self._cov_factor, self._cov_diag,
+    log_prob, entropy = lowrank_log_prob_and_entropy(
+        value, self._loc_for_density(), self._cov_factor, self._cov_diag,
         capacitance_jitter=self._capacitance_jitter)
+    return log_prob + self._diagonal_mean_gradient(value), entropy
 
   def log_det_covariance(self) -> Array:
     return lowrank_log_det(self._cov_factor, self._cov_diag,
@@ -629,4 +668,5 @@ class LowRankMultivariateNormal(distrax.Distribution):
     return LowRankMultivariateNormal(self._loc[index],
                                      self._cov_factor[index],
                                      self._cov_diag[index],
-                                     capacitance_jitter=self._capacitance_jitter)
+                                     capacitance_jitter=self._capacitance_jitter,
+                                     mean_gradient=self._mean_gradient)

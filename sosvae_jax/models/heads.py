@@ -145,6 +145,13 @@ class LowRankGaussianLikelihood(nn.Module):
   where the R x R capacitance Cholesky fails (P far larger than D allows,
   NaN in float32), it is retried with jitter eps * 10^k times its mean
   diagonal, in float64 when jax_enable_x64 is on (distributions/lowrank.py).
+
+  `mean_gradient` 'full': the exact gradient. 'diagonal': the mean (so the
+  trunk and the encoder) is trained by log N(x; mu, D) alone, P and D by the
+  full likelihood at a held mu; log_prob's value is unchanged
+  (distributions/lowrank.py). With the exact gradient the mean's error along
+  span(P) is discounted, and a run whose P grows early can settle on a
+  blurred mean (docs/structure_study.md).
   """
 
   channels: int
@@ -156,6 +163,7 @@ class LowRankGaussianLikelihood(nn.Module):
   detach_variance_features: bool = False
   factor_trunk: tuple[int, ...] | None = None
   capacitance_jitter: float = 0.0
+  mean_gradient: str = 'full'
 
   @nn.compact
   def __call__(self, features: Array, target: Array | None = None, *,
@@ -172,7 +180,8 @@ class LowRankGaussianLikelihood(nn.Module):
     else:
       diag = jnp.full(mean.shape, self.fixed_diag, mean.dtype)
     return LowRankMultivariateNormal(mean, factor, diag,
-                                     capacitance_jitter=self.capacitance_jitter)
+                                     capacitance_jitter=self.capacitance_jitter,
+                                     mean_gradient=self.mean_gradient)
 
   def _factor_features(self, var_features: Array, z: Array | None) -> Array:
     """What the factor head reads: the trunk features, or its own trunk on z."""

@@ -49,6 +49,7 @@ import jax
 
 from sosvae_jax.distributions.discrete import MIN_LOG_SCALE
 from sosvae_jax.distributions.gaussian import OPTIMAL_VARIANCE_AXES
+from sosvae_jax.distributions.lowrank import MEAN_GRADIENTS
 from sosvae_jax.models import calibrated_heads
 from sosvae_jax.models import discrete_heads
 from sosvae_jax.models import structured_heads
@@ -238,13 +239,16 @@ def get_likelihood(cfg, channels: int) -> nn.Module:
 
 def likelihood_section(name: str, values: Mapping[str, Any],
                        channels: int) -> dict[str, Any]:
-  """config.likelihood for `name` with those of `values` its head has.
+  """config.likelihood for `name`: every field of its head, at the value in
+  `values` where that has it, else at the head's default.
 
   Switches a config to another likelihood while keeping the values of the
-  fields both share (the others would be unknown fields of the new head).
+  fields both share (the others would be unknown fields of the new head);
+  the new head's own fields are present, so they can be overridden next.
   """
-  fields = LIKELIHOODS[name].field_names(channels)
-  return {'name': name, **{k: v for k, v in values.items() if k in fields}}
+  entry = LIKELIHOODS[name]
+  loop = {k: v for k, v in values.items() if k in entry.loop_fields}
+  return {'name': name, **entry.fields(values, channels), **loop}
 
 
 def variance_parameter_mask(params, likelihood_name: str) -> Any:
@@ -322,6 +326,12 @@ _CAPACITANCE_JITTER = requires(
     'must be 0 (off: the exact likelihood) or a number in (0, 1)',
     'pass e.g. --config.likelihood.{field}=1e-6, or 0 to switch it off')
 
+_MEAN_GRADIENT = requires(
+    lambda v: v in MEAN_GRADIENTS,
+    f'where the mean\'s gradient comes from must be one of {MEAN_GRADIENTS} '
+    '(full: the exact likelihood; diagonal: the mean is fitted as with D alone)',
+    'pass --config.likelihood.{field}=full or =diagonal')
+
 register_likelihood('diagonal_gaussian', Likelihood(
     DiagonalGaussianLikelihood, variance_heads=('diag_head',),
     field_checks={'min_variance': _MIN_VARIANCE},
@@ -331,7 +341,8 @@ register_likelihood('lowrank_gaussian', Likelihood(
     variance_heads=('diag_head', 'factor_head', 'factor_decoder'),
     field_checks={'fixed_diag': positive(
         'D = fixed_diag * I must be positive definite; None = a learned diagonal',
-        none_ok=True), 'capacitance_jitter': _CAPACITANCE_JITTER},
+        none_ok=True), 'capacitance_jitter': _CAPACITANCE_JITTER,
+        'mean_gradient': _MEAN_GRADIENT},
     checks=(_check_rank, _check_learned_floor, _check_factor_trunk),
     entropy_floor=diagonal_entropy_floor, low_rank=True))
 
