@@ -16,6 +16,7 @@ the same command again resumes unfinished points and skips finished ones.
 The logic lives in sosvae_jax/sweep.py.
 """
 
+import os
 import sys
 
 from absl import app
@@ -60,6 +61,14 @@ def _points() -> tuple[str, dict, list[sweep.Point]]:
   return config_arg, base_overrides, sweep.make_points(FLAGS.config, overrides, FLAGS.workdir)
 
 
+def _sweep_file_spec() -> str | None:
+  """--sweep with its path made absolute (the manifest's record of it)."""
+  if not FLAGS.sweep:
+    return None
+  path, sep, arg = FLAGS.sweep.partition(':')
+  return os.path.abspath(path) + sep + arg
+
+
 def _collect() -> bool:
   """Writes and prints the tables; True if any point failed."""
   result = sweep.collect(FLAGS.workdir, FLAGS.metrics)
@@ -93,7 +102,8 @@ def main(argv):
     logging.error('%s', e)
     sys.exit(2)
   print(sweep.describe_groups(groups))
-  sweep.write_manifest(FLAGS.workdir, sweep.manifest(config_arg, base_overrides, points, groups))
+  sweep.write_manifest(FLAGS.workdir, sweep.manifest(config_arg, base_overrides, points, groups,
+                                                     _sweep_file_spec()))
   chosen = points if FLAGS.index is None else [points[FLAGS.index]]
   if FLAGS.mode == 'print':
     for p in chosen:

@@ -35,8 +35,10 @@ from sosvae_jax import config_checks
 from sosvae_jax import metric_writers
 from sosvae_jax import train
 from sosvae_jax import workdir as workdir_lib
+from sosvae_jax.models import likelihoods
 
 SEED_FIELD = 'seed'
+LIKELIHOOD_NAME = 'likelihood.name'
 # The one rule of grouping. Fields whose values a train step can take as
 # traced arrays: points that differ only in these have the same shapes and
 # control flow, so one compiled program can train them side by side (a
@@ -195,14 +197,30 @@ def grid_points(config: ml_collections.ConfigDict, grids: Sequence[str]) -> list
   return product(*axes)
 
 
-def load_sweep_file(spec: str) -> list[dict[str, Any]]:
-  """get_sweep() of a sweep file, 'path.py' or 'path.py:arg' (then get_sweep(arg))."""
-  path, _, arg = spec.partition(':')
+# A sweep file may define report(root, rows) -> markdown: what its study
+# concludes from the collected rows (collect_rows), added to sweep.md.
+Report = Callable[[str, Sequence[Mapping[str, Any]]], str]
+
+
+def _sweep_module(spec: str):
+  path = spec.partition(':')[0]
   if not os.path.isfile(path):
     raise SweepError(f'--sweep={spec!r}: no file {path!r}.')
   module_spec = importlib.util.spec_from_file_location('sweep_definition', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_report(spec: str) -> Report | None:
+  """The sweep file's report(root, rows), or None if it has none."""
+  return getattr(_sweep_module(spec), 'report', None)
+
+
+def load_sweep_file(spec: str) -> list[dict[str, Any]]:
+  """get_sweep() of a sweep file, 'path.py' or 'path.py:arg' (then get_sweep(arg))."""
+  path, _, arg = spec.partition(':')
+  module = _sweep_module(spec)
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'--sweep={spec!r}: {path} defines no get_sweep().')
   points = module.get_sweep(arg) if arg else module.get_sweep()
@@ -216,8 +234,21 @@ def load_sweep_file(spec: str) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with the overrides set; SweepError names a bad field."""
+  """A copy of `config` with the overrides set; SweepError names a bad field.
+
+  `likelihood.name` is applied first and switches the whole section
+  (likelihoods.likelihood_section): the fields both heads share keep their
+  values, the new head's others start at its defaults and can be set by the
+  point's other `likelihood.` overrides.
+  """
   config = copy.deepcopy(config)
+  name = overrides.get(LIKELIHOOD_NAME)
+  if name is not None and name != config.likelihood.name:
+    if name not in likelihoods.LIKELIHOODS:
+      raise SweepError(f'config.{LIKELIHOOD_NAME}={name!r} is not a known likelihood; '
+                       f'choose one of {sorted(likelihoods.LIKELIHOODS)}.')
+    config.likelihood = ml_collections.ConfigDict(likelihoods.likelihood_section(
+        name, config.likelihood, config.data.image_shape[-1]))
   for field, value in overrides.items():
     field_type(config, field)
     try:
@@ -300,8 +331,15 @@ def swept_fields(points: Sequence[Point]) -> list[str]:
 
 
 def point_values(point: Point, fields: Sequence[str]) -> dict[str, Any]:
-  """The point's value of each field (the base config's where not overridden)."""
-  return {f: _plain(config_path.get_value(f, point.config)) for f in fields}
+  """The point's value of each field (the base config's where not overridden;
+  None where its config has no such field, e.g. another likelihood's)."""
+  values = {}
+  for f in fields:
+    try:
+      values[f] = _plain(config_path.get_value(f, point.config))
+    except KeyError:
+      values[f] = None
+  return values
 
 
 def _plain(value: Any) -> Any:
@@ -386,12 +424,18 @@ def describe_groups(groups: Sequence[Group]) -> str:
 # Manifest and commands.
 # ----------------------------------------------------------------------------
 def manifest(config_arg: str, base_overrides: Mapping[str, Any],
-             points: Sequence[Point], groups: Sequence[Group]) -> dict[str, Any]:
-  """The content of WORKDIR/sweep.json: index -> overrides, folder, group."""
+             points: Sequence[Point], groups: Sequence[Group],
+             sweep_file: str | None = None) -> dict[str, Any]:
+  """The content of WORKDIR/sweep.json: index -> overrides, folder, group.
+
+  `sweep_file`: the sweep file's spec with an absolute path, so that
+  `collect` finds its report from any directory.
+  """
   group_of = {i: g.index for g in groups for i in g.points}
   fields = swept_fields(points)
   return {
       'config': config_arg,
+      'sweep_file': sweep_file,
       'base_overrides': {k: _plain(v) for k, v in base_overrides.items()},
       'swept_fields': fields,
       'shared_program_fields': list(SHARED_PROGRAM_FIELDS),
@@ -842,8 +886,9 @@ def plot(rows: Sequence[Mapping[str, Any]], fields: Sequence[str],
 def collect(root: str, metrics: Sequence[str] | None = None) -> dict[str, Any]:
   """Writes sweep.csv, sweep.md, sweep.png and the rows into sweep.json.
 
-  Every manifest point has a row, whatever its status. Returns
-  {'rows', 'grouped', 'metrics', 'paths', 'markdown'}.
+  Every manifest point has a row, whatever its status. sweep.md ends with the
+  sweep file's report (load_report) when it has one. Returns {'rows',
+  'grouped', 'metrics', 'paths', 'markdown'}.
   """
   root = os.path.abspath(root)
   content = read_manifest(root)
@@ -854,6 +899,8 @@ def collect(root: str, metrics: Sequence[str] | None = None) -> dict[str, Any]:
   paths = {k: os.path.join(root, name) for k, name in (
       ('csv', TABLE_CSV), ('markdown', TABLE_MD), ('png', PLOT_PNG), ('json', MANIFEST))}
   text = markdown(rows, grouped, fields, chosen, f'Sweep {root} ({content["config"]})')
+  if content.get('sweep_file'):
+    text += '\n' + sweep_report(content['sweep_file'], root, rows)
   _write_atomic(paths['csv'], csv_text(rows, fields))
   _write_atomic(paths['markdown'], text)
   Image.fromarray(plot(rows, fields, chosen)).save(paths['png'])
@@ -861,6 +908,17 @@ def collect(root: str, metrics: Sequence[str] | None = None) -> dict[str, Any]:
   _write_atomic(paths['json'], json.dumps(_json_ready(content), indent=2, default=str) + '\n')
   return {'rows': rows, 'grouped': grouped, 'metrics': chosen, 'paths': paths,
           'markdown': text}
+
+
+def sweep_report(spec: str, root: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  """The sweep file's report as markdown ('' without one). A report that
+  fails is logged and named in the text: the tables above it still stand."""
+  try:
+    report = load_report(spec)
+    return '' if report is None else report(root, rows).rstrip('\n') + '\n'
+  except Exception as e:  # pylint: disable=broad-except
+    logging.exception('The report of sweep file %s failed.', spec)
+    return f'The report of sweep file {spec} failed: {error_message(e)}\n'
 
 
 def any_failed(rows: Sequence[Mapping[str, Any]]) -> bool:

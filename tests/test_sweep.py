@@ -124,8 +124,12 @@ def test_product_and_zip():
 
 
 @pytest.mark.parametrize('path, config, arg, count, groups', [
-    ('experiments/sweeps/beta_grid.py', beta_vae, None, 8 * 3, 1),
-    ('experiments/sweeps/beta_grid.py', beta_vae, 'smoke', 2, 1),
+    # The betas share one program; the optimal sigma-VAE is a second group.
+    ('experiments/sweeps/beta_grid.py', beta_vae, None, (8 + 1) * 3, 2),
+    ('experiments/sweeps/beta_grid.py', beta_vae, 'readme', 5 + 1, 2),
+    ('experiments/sweeps/beta_grid.py', beta_vae, 'smoke', 2 + 1, 2),
+    ('experiments/sweeps/mean_gradient.py', default, None, 2 * 3, 2),
+    ('experiments/sweeps/mean_gradient.py', default, 'smoke', 2 * 2, 2),
     ('experiments/sweeps/entropy_budget.py', default, None, 5 * 3, 1),
     ('experiments/sweeps/entropy_budget.py', default, 'smoke', 2, 1),
     # The factor's source changes the parameter tree: one group per source.
@@ -137,11 +141,34 @@ def test_sweep_files_load_and_every_point_passes_the_checks(tmp_path, path, conf
   spec = str(ROOT / path) + (f':{arg}' if arg else '')
   overrides = sweep.load_sweep_file(spec)
   assert len(overrides) == count
-  base = config.get_config(arg)
+  base = config.get_config('smoke' if arg == 'smoke' else None)
   base.lock()
   points = sweep.make_points(base, overrides, str(tmp_path))
   sweep.check_points(points)
   assert len(sweep.group_points(points)) == groups
+
+
+def test_a_point_may_switch_the_likelihood(tmp_path):
+  overrides = [{'kl_weight': 0.01}, {'likelihood.name': 'gaussian_optimal_sigma',
+                                     'likelihood.running_average_decay': 0.9}]
+  points = sweep.make_points(_config(), overrides, str(tmp_path))
+  sweep.check_points(points)
+  fixed, optimal = (p.config.likelihood for p in points)
+  assert fixed.name == 'gaussian_fixed_sigma' and 'running_average_decay' not in fixed
+  # Shared fields keep the base config's value, the new head's own fields start
+  # at its defaults and the point's overrides apply on top.
+  assert optimal.name == 'gaussian_optimal_sigma' and 'sigma' not in optimal
+  assert optimal.head_init_stddev == fixed.head_init_stddev
+  assert optimal.optimal_sigma_axes == 'shared' and optimal.running_average_decay == 0.9
+  fields = sweep.swept_fields(points)
+  assert sweep.point_values(points[1], ['likelihood.sigma']) == {'likelihood.sigma': None}
+  assert [g.fixed for g in sweep.group_points(points)] == [
+      {'likelihood.name': 'gaussian_fixed_sigma',
+       'likelihood.running_average_decay': None},
+      {'likelihood.name': 'gaussian_optimal_sigma', 'likelihood.running_average_decay': 0.9}]
+  assert 'likelihood.name' in fields
+  with pytest.raises(sweep.SweepError, match="'no_such'.*gaussian_optimal_sigma"):
+    sweep.make_points(_config(), [{'likelihood.name': 'no_such'}], str(tmp_path))
 
 
 def test_point_names_fit_comma_separated_list_flags():

@@ -175,24 +175,6 @@ def test_config_file_without_get_config(tmp_path):
                        '--config=experiments/cli.py: the file defines no get_config()')
 
 
-@pytest.mark.parametrize('args,parts', [
-    (['--betas=a,b'], ["--betas=a,b: could not convert string to float: 'a'"]),
-    # 0 used to be read as "unset" and trained 2000 steps per model.
-    (['--steps=0'], ['--steps=0', 'not a positive integer']),
-    (['--batch_size=0'], ['--batch_size=0', 'not a positive integer']),
-], ids=['betas_not_numbers', 'zero_steps', 'zero_batch'])
-def test_beta_grid_flag_mistakes(tmp_path, args, parts):
-  _assert_user_error(_command('experiments.beta_grid', f'--workdir={tmp_path / "grid"}',
-                              '--smoke', *args), *parts)
-  assert not (tmp_path / 'grid').exists()
-
-
-def test_beta_grid_workdir_that_is_a_file(tmp_path):
-  (tmp_path / 'grid').write_text('')
-  _assert_user_error(_command('experiments.beta_grid', f'--workdir={tmp_path / "grid"}',
-                              '--smoke'), 'is a file, not a folder')
-
-
 def test_sweep_workdir_that_is_a_file(tmp_path):
   (tmp_path / 'sweep').write_text('')
   _assert_user_error(_command('experiments.sweep', SMOKE, f'--workdir={tmp_path / "sweep"}',

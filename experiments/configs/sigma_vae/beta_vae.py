@@ -5,7 +5,7 @@ convention): a Gaussian with fixed sigma = sqrt(1/2) (so -log p(x|z) = SSE +
 const) and config.kl_weight = beta. The same gradients, divided by beta, as a
 Gaussian with sigma = sqrt(beta / 2) and KL weight 1 (section 3;
 tests/test_calibrated.py checks it). The reported ELBO is that of the sigma =
-sqrt(1/2) model with the KL unweighted; experiments/beta_grid.py compares
+sqrt(1/2) model with the KL unweighted; experiments/sweeps/beta_grid.py compares
 beta-VAEs under their own sigma.
 Network and training: experiments/configs/sigma_vae/common.py (appendix B).
 
@@ -27,7 +27,7 @@ from experiments.configs.sigma_vae import common
 # The paper's convention: loss = SSE + BETA * KL. Not tuned here: 2 x the
 # test MSE of means (0.018) that experiments/configs/beta_vae.py measured on
 # Fashion-MNIST, i.e. the effective beta 2 sigma^2 a calibrated decoder with
-# that error would pick. experiments/beta_grid.py tunes it.
+# that error would pick. experiments/sweeps/beta_grid.py tunes it.
 BETA = 0.036
 
 
