@@ -51,6 +51,37 @@ def unstack(tree: Any, index: int) -> Any:
   return jax.tree.map(lambda x: x[index], tree)
 
 
+# How a group's points share one compiled program: 'vmap' vectorises the
+# one-point function over the model axis; 'loop' compiles it once and applies
+# it to each point in turn. On XLA:CPU a convolution whose kernel is batched
+# (what vmap makes of each point's own weights) runs as a grouped convolution
+# several times slower than the points' convolutions one by one
+# (benchmarks/sweep_benchmark.py), so there 'loop' is the faster.
+STRATEGIES = ('vmap', 'loop')
+_take = jax.jit(unstack)
+_stack = jax.jit(stack)
+
+
+def over_points(fn: Callable, strategy: str, in_axes: int | tuple = 0,
+                **jit_kwargs) -> Callable:
+  """Compiled fn over the leading model axis of the arguments whose in_axes
+  is 0 (the others, None, are shared), its outputs stacked: jit of a vmap
+  (with `jit_kwargs`: shardings, donation), or a loop over the points of one
+  jit-compiled fn."""
+  if strategy == 'vmap':
+    return jax.jit(jax.vmap(fn, in_axes=in_axes), **jit_kwargs)
+  if strategy != 'loop':
+    raise ValueError(f'strategy={strategy!r}: one of {STRATEGIES}.')
+  single = jax.jit(fn)
+
+  def looped(*args):
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+    num = next(jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, axes) if ax == 0)
+    return _stack([single(*(_take(a, i) if ax == 0 else a for a, ax in zip(args, axes)))
+                   for i in range(num)])
+  return looped
+
+
 def stacked_hypers(configs: Sequence[ml_collections.ConfigDict]) -> Hypers:
   """The points' Hypers along a leading model axis."""
   return stack([train_state_lib.hypers_from_config(c) for c in configs])
@@ -169,7 +200,7 @@ def _with_hypers(fn: Callable, model) -> Callable:
 class Evaluator:
   """The eval metrics and snapshots of train_and_evaluate, for every point at once."""
 
-  def __init__(self, configs, model, eval_source):
+  def __init__(self, configs, model, eval_source, strategy: str = 'vmap'):
     config = configs[0]
     images = input_pipeline.first_images(eval_source, config.eval_examples)
     num = max(1, len(images) // config.batch_size)
@@ -183,12 +214,12 @@ class Evaluator:
     self.figure_z = jnp.stack([
         jax.random.normal(f[0], (config.num_figure_images, config.model.latent_dim))
         for f in figure])
-    self._eval = jax.jit(jax.vmap(_with_hypers(train.eval_step, model),
-                                  in_axes=(0, 0, None, 0)))
-    self._prior = jax.jit(jax.vmap(_with_hypers(functools.partial(
-        snapshots.observation_images, image_shape=config.data.image_shape), model)))
-    self._recon = jax.jit(jax.vmap(_with_hypers(snapshots.reconstruction_images, model),
-                                   in_axes=(0, 0, None, 0)))
+    points = functools.partial(over_points, strategy=strategy)
+    self._eval = points(_with_hypers(train.eval_step, model), in_axes=(0, 0, None, 0))
+    self._prior = points(_with_hypers(functools.partial(
+        snapshots.observation_images, image_shape=config.data.image_shape), model))
+    self._recon = points(_with_hypers(snapshots.reconstruction_images, model),
+                         in_axes=(0, 0, None, 0))
 
   def metrics(self, states: TrainState, hypers: Hypers) -> list[dict[str, float]]:
     """Each point's eval record: batch-mean ELBO terms and its multipliers."""
@@ -217,8 +248,9 @@ class DifferentSteps(RuntimeError):
   """The points' checkpoints are of different steps: no shared step counter."""
 
 
-def run_vmap(points: Sequence[sweep.Point]) -> list[sweep.Outcome]:
-  """The points of one shape group trained together (sweep.RunGroup).
+def run_vmap(points: Sequence[sweep.Point], strategy: str = 'vmap') -> list[sweep.Outcome]:
+  """The points of one shape group trained together (sweep.RunGroup), by
+  `strategy` (STRATEGIES).
 
   Points at different checkpoint steps (a sweep stopped half-way through
   writing checkpoints, or points added later) cannot share a step counter:
@@ -232,7 +264,7 @@ def run_vmap(points: Sequence[sweep.Point]) -> list[sweep.Outcome]:
     return sweep.run_sequential(points)
   t0 = time.time()
   try:
-    outcomes = train_points(points)
+    outcomes = train_points(points, strategy=strategy)
   except DifferentSteps as e:
     logging.warning('%s: training points %s one after another.', e,
                     [p.index for p in points])
@@ -252,9 +284,10 @@ def _outcome(point: sweep.Point, seconds: float) -> sweep.Outcome:
 
 
 def train_points(points: Sequence[sweep.Point],
-                 devices: Sequence[jax.Device] | None = None
-                 ) -> list[sweep.Outcome | None]:
-  """train.train_and_evaluate for every point, in one vmapped step.
+                 devices: Sequence[jax.Device] | None = None,
+                 strategy: str = 'vmap') -> list[sweep.Outcome | None]:
+  """train.train_and_evaluate for every point, in one compiled step
+  (over_points: vmapped, or looped over the points).
 
   Each point's workdir is written as its single run writes it (config.json,
   launches.jsonl, metrics.jsonl, figures, checkpoints), and each point
@@ -273,15 +306,17 @@ def train_points(points: Sequence[sweep.Point],
   with contextlib.ExitStack() as stack_:
     for p in points:
       stack_.enter_context(workdir_lib.WorkdirLock(p.workdir))
-    return _train_locked(points, devices)
+    return _train_locked(points, devices, strategy)
 
 
-def _train_locked(points: Sequence[sweep.Point], devices) -> list[sweep.Outcome | None]:
+def _train_locked(points: Sequence[sweep.Point], devices,
+                  strategy: str) -> list[sweep.Outcome | None]:
   """train_points once every workdir is ours."""
   # ---------------------------------------------------------------- setup
   configs = [p.config for p in points]
   config = configs[0]  # every shape, cadence and data field is the group's
-  mesh = sweep_mesh(len(points), config.batch_size, devices)
+  # A loop steps one point at a time: its devices all go to the data axis.
+  mesh = sweep_mesh(len(points) if strategy == 'vmap' else 1, config.batch_size, devices)
   on_models, on_batch = model_sharding(mesh), batch_sharding(mesh)
   parts = train_state_lib.build_parts(config)
   hypers = jax.device_put(stacked_hypers(configs), on_models)
@@ -300,11 +335,12 @@ def _train_locked(points: Sequence[sweep.Point], devices) -> list[sweep.Outcome 
     if changes:
       logging.warning('Point %d resumes at step %d with config changes %s.',
                       p.index, start_step, changes)
-  step_fn = jax.jit(jax.vmap(train.hyper_step_function(config, parts)),
-                    in_shardings=(on_models, on_batch, on_models),
-                    out_shardings=on_models, donate_argnums=0)
+  step_fn = over_points(train.hyper_step_function(config, parts), strategy,
+                        in_shardings=(on_models, on_batch, on_models),
+                        out_shardings=on_models, donate_argnums=0)
   batches = Batches(input_pipeline.get_source(config.data, 'train'), configs, start_step)
-  evaluator = Evaluator(configs, parts.model, input_pipeline.get_source(config.data, 'eval'))
+  evaluator = Evaluator(configs, parts.model, input_pipeline.get_source(config.data, 'eval'),
+                        strategy)
   writers = [metric_writers.MetricWriter(p.workdir) for p in points]
   for w in writers:
     w.drop_after(start_step)
@@ -341,8 +377,8 @@ def _train_locked(points: Sequence[sweep.Point], devices) -> list[sweep.Outcome 
   pending = None
   with preemption.PreemptionWatch(managers[0]) as stop:
     # Logged once SIGTERM / SIGINT stop the loop cleanly.
-    logging.info('Training %d points of %s together for %d steps (from step %d) on a '
-                 '%s mesh', len(points), config.likelihood.name, config.num_steps,
+    logging.info('Training %d points of %s together (%s) for %d steps (from step %d) on a '
+                 '%s mesh', len(points), config.likelihood.name, strategy, config.num_steps,
                  start_step, dict(mesh.shape))
     for step in range(start_step + 1, config.num_steps + 1):
       batch = jax.device_put(next(batches), on_batch)
@@ -390,3 +426,4 @@ def _train_locked(points: Sequence[sweep.Point], devices) -> list[sweep.Outcome 
 
 
 sweep.ENGINES['vmap'] = run_vmap
+sweep.ENGINES['loop'] = functools.partial(run_vmap, strategy='loop')
