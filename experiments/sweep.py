@@ -2,7 +2,7 @@
 
   python -m experiments.sweep --config=experiments/configs/sigma_vae/beta_vae.py \
       --grid=kl_weight=0.003,0.01,0.03,0.1,0.3 --grid=seed=0,1,2 \
-      --workdir=runs/sweeps/beta --mode=vmap   # or sequential, or print
+      --workdir=runs/sweeps/beta --mode=vmap   # or loop (faster on CPU), sequential, print
   python -m experiments.sweep --config=experiments/configs/default.py \
       --sweep=experiments/sweeps/entropy_budget.py --workdir=runs/sweeps/entropy
   python -m experiments.sweep collect --workdir=runs/sweeps/beta
