@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from sosvae_jax import progress as progress_lib
-from sosvae_jax.distributions import lowrank_log_prob
+from sosvae_jax.distributions import lowrank_log_prob_autodiff
 
 Array = jax.Array
 
@@ -30,7 +30,7 @@ def fit_lowrank_observation_model(data: Array, rank: int, *, steps: int = 2000,
   rate). With an isotropic D = sigma^2 I this is probabilistic PCA, whose
   maximum is known in closed form (`observation.ppca_max_likelihood`): the fit
   should reach it. With `show_progress`, a line on stderr every few seconds
-  (the fit of 2000 images takes most of a minute on a CPU).
+  (the fit of 2000 images takes under a minute on a CPU).
 
   Returns:
     {'loc' [S], 'cov_factor' [S, R], 'cov_diag' [S], 'log_likelihood' [steps]
@@ -48,7 +48,7 @@ def fit_lowrank_observation_model(data: Array, rank: int, *, steps: int = 2000,
 
   def average_log_likelihood(p):
     diag = jnp.broadcast_to(jnp.exp(p['log_diag']), (size,))
-    return jnp.mean(lowrank_log_prob(data, p['loc'], p['cov_factor'], diag))
+    return jnp.mean(lowrank_log_prob_autodiff(data, p['loc'], p['cov_factor'], diag))
 
   def step(carry, _):
     p, opt_state = carry

@@ -21,6 +21,7 @@ import numpy as np
 from sosvae_jax.distributions import compute_dtype
 from sosvae_jax.distributions.lowrank import LowRankMultivariateNormal
 from sosvae_jax.distributions.lowrank import LowRankNoise
+from sosvae_jax.distributions.lowrank import lowrank_log_prob_autodiff
 
 Array = jax.Array
 
@@ -590,8 +591,8 @@ def ppca_log_likelihood(data: Array, mu: Array, cov_factor: Array,
     [].
   """
   cov_diag = jnp.broadcast_to(jnp.asarray(sigma2, mu.dtype), mu.shape)
-  dist = LowRankMultivariateNormal(mu, cov_factor, cov_diag)
-  return jnp.mean(dist.log_prob(data))
+  # One mu, P, sigma2 for every row: one factorisation, P not broadcast.
+  return jnp.mean(lowrank_log_prob_autodiff(data, mu, cov_factor, cov_diag))
 
 
 def pca_reconstruction(data: Array, fit: PCAFit) -> Array:

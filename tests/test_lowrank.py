@@ -511,3 +511,21 @@ def test_diagonal_mean_gradient_routes_only_the_mean(x64, diag_value):
   assert sliced.mean_gradient == 'diagonal'
   with pytest.raises(ValueError, match="mean_gradient='diag'.*'full', 'diagonal'"):
     LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diag')
+
+
+def test_autodiff_form_scores_many_rows_with_shared_parameters(x64):
+  """One mu, P, d for a batch of rows (the direct fit's and PPCA's case),
+  also ill-conditioned: scipy per row; gradients equal lowrank_log_prob's."""
+  rng = np.random.default_rng(12)
+  # scipy's dense solve loses ~1e-8 relative on the ill-conditioned case.
+  for diag_value, scale, rtol in ((None, 1.0, 1e-10), (1e-5, 30.0, 1e-7)):
+    loc, factor, diag = _params(rng, (), 12, 3, factor_scale=scale, diag=diag_value)
+    x = loc + rng.normal(size=(6, 12)) @ np.diag(np.sqrt(diag)) + rng.normal(size=(6, 3)) @ factor.T
+    got = lowrank_log_prob_autodiff(x, loc, factor, diag)
+    want = scipy.stats.multivariate_normal(loc, _dense_cov(factor, diag)).logpdf(x)
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    mean_of = lambda fn: lambda *p: jnp.mean(fn(x, *p))
+    grads = jax.grad(mean_of(lowrank_log_prob_autodiff), argnums=(0, 1, 2))(loc, factor, diag)
+    fused = jax.grad(mean_of(lowrank_log_prob), argnums=(0, 1, 2))(loc, factor, diag)
+    for g, f in zip(grads, fused):
+      np.testing.assert_allclose(g, f, rtol=1e-7, atol=1e-9 * float(np.abs(f).max()))

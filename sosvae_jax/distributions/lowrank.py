@@ -440,7 +440,10 @@ def lowrank_log_prob_autodiff(x: Array, loc: Array, cov_factor: Array,
                               cov_diag: Array) -> Array:
   """lowrank_log_prob by plain jax autodiff: the reference of the custom VJP.
 
-  Same shapes as lowrank_log_prob.
+  Same shapes as lowrank_log_prob. Also the faster form where one mu, P, d
+  score many rows x [N, S]: the capacitance is factorised once and P is
+  never broadcast to [N, S, R] (lowrank_log_prob's fused buffer is per row;
+  fitting 2000 Fashion-MNIST images at rank 25 ran about 25x slower there).
   """
   size = loc.shape[-1]
   chol = capacitance_cholesky(cov_factor, cov_diag)
