@@ -38,9 +38,11 @@ SIGMA_POINTS = [{'seed': 0, 'kl_weight': 1.0, 'optimizer.learning_rate': 1e-3},
 # Adam divides by the root of tiny second moments in the first steps, which
 # magnifies float rounding (vmapped convolutions sum in another order):
 # parameters agree to ~1e-4 after 6 steps while different points differ by
-# more than 1e-2.
+# more than 1e-2. The metrics follow: with D = 1e-5 the gradient norm is
+# ~3e7 and moves by up to ~1.5e-4 relative, the entropy multiplier likewise,
+# while the points' metrics differ by far more than 1e-3.
 PARAM_ATOL = 2e-3
-METRIC_RTOL = 1e-4
+METRIC_RTOL = 1e-3
 
 
 def _smoke(module, **fields):
@@ -75,7 +77,7 @@ def _train_both_ways(root, base, overrides):
   return vmapped, alone
 
 
-def _assert_same_runs(vmapped, alone, metric_rtol=METRIC_RTOL):
+def _assert_same_runs(vmapped, alone):
   finals = []
   for v, a in zip(vmapped, alone):
     pv, sv, tv, ev, step_v = _final(v.workdir)
@@ -87,7 +89,7 @@ def _assert_same_runs(vmapped, alone, metric_rtol=METRIC_RTOL):
       keys = set(record_a) - {'steps_per_sec', 'split'}
       assert keys <= set(record_v)
       for k in keys:
-        np.testing.assert_allclose(record_v[k], record_a[k], rtol=metric_rtol, atol=1e-5,
+        np.testing.assert_allclose(record_v[k], record_a[k], rtol=METRIC_RTOL, atol=1e-5,
                                    err_msg=k)
     # Every file a single run writes.
     for name in ('config.json', 'launches.jsonl', 'figures'):
@@ -118,9 +120,7 @@ def test_looped_sos_vae_points_equal_their_single_runs(sos_runs, tmp_path):
   looped = sweep.make_points(_smoke(default), SOS_POINTS, str(tmp_path / 'loop'))
   outcomes = sweep.run_sweep(looped, sweep.ENGINES['loop'])
   assert {o.status for o in outcomes.values()} == {sweep.FINISHED}
-  # Compiled without the single run's shardings and donation, the step fuses
-  # differently: the gradient norm (~3e7 with D = 1e-5) moved by 1.5e-4.
-  _assert_same_runs(looped, alone, metric_rtol=1e-3)
+  _assert_same_runs(looped, alone)
 
 
 def test_over_points_loop_equals_vmap_with_shared_arguments():
