@@ -1,4 +1,5 @@
-"""The vmap sweep engine: a shape group's points trained side by side in one compiled step."""
+"""The one-program sweep engine: a shape group's points trained side by side in
+one compiled step, vmapped over them or looped over them (--mode=vmap / loop)."""
 
 from __future__ import annotations
 
