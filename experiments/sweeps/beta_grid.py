@@ -98,8 +98,8 @@ def model_row(config: Mapping[str, Any], metrics: Mapping[str, float]) -> dict[s
     # 12 digits: sqrt(1/2)^2 * 2 is 1 + 2e-16; the grid's betas group exactly.
     beta = float(f'{2.0 * variance:.12g}')
   elif likelihood['name'] == OPTIMAL_SIGMA and weight == 1.0:
-    variance, elbo, beta = variance_from_entropy(metrics['entropy'], num_dims), \
-        metrics['elbo'], None
+    variance = variance_from_entropy(metrics['entropy'], num_dims)
+    elbo, beta = metrics['elbo'], None
   else:
     return None
   return dict(beta=beta, sigma=math.sqrt(variance), effective_beta=2.0 * variance,
