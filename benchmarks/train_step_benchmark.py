@@ -41,7 +41,8 @@ sharding over all devices and the state donated. For each image shape:
   For the beta-VAE the density is elementwise and stays inside `rest`.
 
 `--factor_trunk=16,32` gives the SOS-VAE its own factor decoder
-(likelihood.factor_trunk), to compare the step with and without it.
+(likelihood.factor_trunk), `--factor_basis=128` its basis decoder
+(likelihood.factor_basis), to compare the step with and without them.
 
 64x64x3 batches are random uint8 (no 64x64 dataset is on these machines);
 speed does not depend on pixel values. A likelihood that fails to build or
@@ -87,6 +88,8 @@ flags.DEFINE_integer('pipeline_steps', 100, 'Steps of the input-pipeline wait me
 flags.DEFINE_bool('breakdown', True, 'Time the parts of the beta-VAE and SOS-VAE steps.')
 flags.DEFINE_list('factor_trunk', None, 'likelihood.factor_trunk of the SOS-VAE (e.g. 16,32); '
                   'default: its config default.')
+flags.DEFINE_integer('factor_basis', None, 'likelihood.factor_basis of the SOS-VAE (e.g. '
+                     '128: P from a learned basis, experiments/configs/sos_basis.py).')
 flags.DEFINE_bool('quick', False, 'CPU settings: --repeats=5 --pipeline_steps=30, and at '
                   '64x64x3 only the two likelihoods of the target.')
 flags.DEFINE_string('out', None, 'JSON output; default '
@@ -113,6 +116,8 @@ def make_config(name: str, image_shape: tuple[int, int, int], batch_size: int, r
     config.likelihood.rank = rank
   if name == SOS_VAE and FLAGS.factor_trunk:
     config.likelihood.factor_trunk = tuple(int(c) for c in FLAGS.factor_trunk)
+  if name == SOS_VAE and FLAGS.factor_basis:
+    config.likelihood.factor_basis = FLAGS.factor_basis
   config.data.image_shape = image_shape
   config.batch_size = batch_size
   return config
@@ -385,6 +390,9 @@ def main(argv):
   repeats = 5 if FLAGS.quick and FLAGS['repeats'].using_default_value else FLAGS.repeats
   pipeline_steps = (30 if FLAGS.quick and FLAGS['pipeline_steps'].using_default_value
                     else FLAGS.pipeline_steps)
+  if FLAGS.factor_trunk and FLAGS.factor_basis:
+    raise app.UsageError('Pass --factor_trunk or --factor_basis, not both: P comes '
+                         'from one factor decoder.')
   names = FLAGS.likelihoods or list(likelihoods.LIKELIHOODS)
   unknown = sorted(set(names) - set(likelihoods.LIKELIHOODS))
   if unknown:
@@ -440,7 +448,8 @@ def main(argv):
                          'batch_size': FLAGS.batch_size, 'rank': FLAGS.rank,
                          'repeats': repeats, 'pipeline_steps': pipeline_steps,
                          'quick': FLAGS.quick, 'breakdown': FLAGS.breakdown,
-                         'factor_trunk': FLAGS.factor_trunk},
+                         'factor_trunk': FLAGS.factor_trunk,
+                         'factor_basis': FLAGS.factor_basis},
                'shapes': shapes, 'input_pipeline': wait, 'targets': verdicts,
                'tables': {k: format_table(v) for k, v in shapes.items()}}, f, indent=2)
   print(f'wrote {out}')

@@ -11,6 +11,7 @@ import pytest
 
 from experiments.configs import beta_vae
 from experiments.configs import default
+from experiments.configs import sos_basis
 from experiments.configs import sos_shared_head
 from sosvae_jax.distributions import LowRankMultivariateNormal
 from sosvae_jax.models import build_model
@@ -142,6 +143,70 @@ def test_factor_trunk_that_overshoots_the_image_is_rejected():
   assert any('factor_trunk' in p and '2**3' in p for p in entry.problems(config))
   config.likelihood.factor_trunk = (8, 0)
   assert any('positive ints' in p for p in entry.problems(config))
+
+
+def test_factor_basis_is_a_learned_basis_times_coefficients_of_z():
+  config = sos_basis.get_config('smoke')
+  rank, basis = config.likelihood.rank, config.likelihood.factor_basis
+  model, params, x = _init(config)
+  decoder = params['likelihood']['factor_decoder']
+  assert 'factor' not in params['likelihood']  # no conv read-out
+  assert decoder['basis'].shape == (784, basis)
+  # P = U A(z) against a float64 numpy forward pass of the same parameters.
+  out = model.apply({'params': params}, x, rngs={'sample': jax.random.PRNGKey(2)})
+  p64 = {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_leaves_with_path(decoder)
+         for k in [jax.tree_util.keystr(k)]}
+  z = np.asarray(out.z, np.float64)
+  hidden = z @ p64["['hidden']['kernel']"] + p64["['hidden']['bias']"]
+  hidden = np.asarray(jax.nn.gelu(jnp.asarray(hidden)), np.float64)
+  coefficients = (hidden @ p64["['coefficients']['kernel']"]
+                  + p64["['coefficients']['bias']"]).reshape(len(z), basis, rank)
+  expected = np.einsum('sk,bkr->bsr', p64["['basis']"], coefficients)
+  np.testing.assert_allclose(out.observation.cov_factor, expected, rtol=1e-4,
+                             atol=1e-6 * np.abs(expected).max())
+  # Starts near zero as the conv heads do; every leaf is a variance parameter.
+  assert float(jnp.abs(out.observation.cov_factor).max()) < 1e-3
+  mask = variance_parameter_mask(params, 'lowrank_gaussian')
+  assert all(jax.tree.leaves(mask['likelihood']['factor_decoder']))
+
+
+def test_factor_basis_sends_no_gradient_from_p_into_encoder_or_mean_trunk():
+  config = sos_basis.get_config('smoke')
+  config.likelihood.head_init_stddev = 0.1
+  model, params, x = _init(config)
+
+  def factor_energy(p):
+    out = model.apply({'params': p}, x, rngs={'sample': jax.random.PRNGKey(2)})
+    return jnp.sum(jnp.square(out.observation.cov_factor))
+
+  grads = jax.grad(factor_energy)(params)
+  assert all(float(jnp.abs(g).max()) == 0.0
+             for g in jax.tree.leaves((grads['encoder'], grads['trunk'])))
+  assert all(float(jnp.abs(g).max()) > 0.0
+             for g in jax.tree.leaves(grads['likelihood']['factor_decoder']))
+
+
+def test_factor_basis_smoke_train_step_updates_the_basis():
+  config, state, step = train_fixtures.smoke_step(sos_basis.get_config('smoke'))
+  after, metrics = step(state, train_fixtures.random_batch(0))
+  assert np.isfinite(float(metrics['loss']))
+  before, now = (s.params['likelihood']['factor_decoder'] for s in (state, after))
+  assert not np.array_equal(before['basis'], now['basis'])
+
+
+@pytest.mark.parametrize('change, words', [
+    (dict(factor_trunk=(8, 16)), 'not both'),
+    (dict(factor_basis=2), 'rank <= K'),
+    (dict(factor_basis=785), '<= S = 784'),
+    (dict(factor_basis=0), 'rank <= K'),
+])
+def test_bad_factor_basis_is_named(change, words):
+  config = sos_basis.get_config('smoke')
+  entry = LIKELIHOODS['lowrank_gaussian']
+  assert entry.problems(config) == []
+  config.likelihood.update(change)
+  problems = entry.problems(config)
+  assert len(problems) == 1 and 'factor_basis' in problems[0] and words in problems[0]
 
 
 def test_diagonal_mean_gradient_trains_the_mean_as_the_diagonal_normal():

@@ -102,6 +102,33 @@ class FactorHead(nn.Module):
     return out.astype(jnp.float32).reshape((b, h * w * self.channels, self.rank))
 
 
+class FactorBasisDecoder(nn.Module):
+  """z [B, L] -> P [B, S, R] = U A(z): R columns in a learned basis of image space.
+
+  U [S, K] is one basis shared by every image; only the K x R coefficients
+  A(z) depend on z (a two-layer MLP, last layer ~ N(0, init_stddev^2) as the
+  other heads). The whole batch's P is one [S, K] x [K, B R] product, with
+  no convolution at image resolution.
+  """
+
+  size: int
+  basis: int
+  rank: int
+  init_stddev: float = 1e-5
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    h = nn.gelu(nn.Dense(max(256, z.shape[-1]), name='hidden')(z))
+    coefficients = nn.Dense(self.basis * self.rank, name='coefficients',
+                            kernel_init=small_normal_init(self.init_stddev),
+                            bias_init=nn.initializers.zeros)(h)
+    coefficients = coefficients.reshape((z.shape[0], self.basis, self.rank))
+    # Unit-variance entries over K: P's columns start at the scale of A's.
+    basis = self.param('basis', nn.initializers.normal(stddev=self.basis ** -0.5),
+                       (self.size, self.basis))
+    return jnp.einsum('sk,bkr->bsr', basis, coefficients).astype(jnp.float32)
+
+
 class DiagonalGaussianLikelihood(nn.Module):
   """Pixel-wise independent N(mu, diag(sigma^2)), per-pixel learned variance.
 
@@ -141,6 +168,13 @@ class LowRankGaussianLikelihood(nn.Module):
   detached so that, as with detached features, only the mean and the KL
   train the encoder.
 
+  `factor_basis` K (instead of `factor_trunk`): P = U A(z) from a
+  FactorBasisDecoder on stop_gradient(z), a learned basis U of K image-space
+  directions with per-image coefficients: no convolution at image
+  resolution, so the step costs little more than the beta-VAE's, but its P
+  holds about half the residual energy the conv decoder's does
+  (docs/structure_study.md).
+
   `capacitance_jitter` 0: the exact likelihood. A number eps (e.g. 1e-6):
   where the R x R capacitance Cholesky fails (P far larger than D allows,
   NaN in float32), it is retried with jitter eps * 10^k times its mean
@@ -162,6 +196,7 @@ class LowRankGaussianLikelihood(nn.Module):
   head_init_stddev: float = 1e-5
   detach_variance_features: bool = False
   factor_trunk: tuple[int, ...] | None = None
+  factor_basis: int | None = None
   capacitance_jitter: float = 0.0
   mean_gradient: str = 'full'
 
@@ -172,8 +207,7 @@ class LowRankGaussianLikelihood(nn.Module):
     del target, train, step  # Parameters depend on the features (and z) alone.
     mean = MeanHead(self.channels, self.head_init_stddev, name='mean')(features)
     var_features = variance_features(features, self.detach_variance_features)
-    factor = FactorHead(self.channels, self.rank, self.head_init_stddev,
-                        name='factor')(self._factor_features(var_features, z))
+    factor = self._factor(var_features, z)
     if self.fixed_diag is None:
       diag = DiagonalHead(self.channels, self.min_variance, self.init_variance,
                           self.head_init_stddev, name='diag')(var_features)
@@ -183,13 +217,22 @@ class LowRankGaussianLikelihood(nn.Module):
                                      capacitance_jitter=self.capacitance_jitter,
                                      mean_gradient=self.mean_gradient)
 
-  def _factor_features(self, var_features: Array, z: Array | None) -> Array:
-    """What the factor head reads: the trunk features, or its own trunk on z."""
-    if self.factor_trunk is None:
-      return var_features
+  def _factor(self, var_features: Array, z: Array | None) -> Array:
+    """P [B, S, R]: a 3x3 conv of the trunk features or of its own trunk on
+    z, or its own basis decoder on z."""
+    if self.factor_trunk is None and self.factor_basis is None:
+      return FactorHead(self.channels, self.rank, self.head_init_stddev,
+                        name='factor')(var_features)
     if z is None:
-      raise ValueError('LowRankGaussianLikelihood with factor_trunk needs the latent '
-                       'z (the VAE passes it as z=...).')
+      raise ValueError('LowRankGaussianLikelihood with factor_trunk or factor_basis '
+                       'needs the latent z (the VAE passes it as z=...).')
+    z = jax.lax.stop_gradient(z)
+    if self.factor_basis is not None:
+      size = var_features.shape[1] * var_features.shape[2] * self.channels
+      return FactorBasisDecoder(size, self.factor_basis, self.rank, self.head_init_stddev,
+                                name='factor_decoder')(z)
     image_shape = (*var_features.shape[1:3], self.channels)
-    return ConvDecoderTrunk(tuple(self.factor_trunk), image_shape,
-                            name='factor_decoder')(jax.lax.stop_gradient(z))
+    features = ConvDecoderTrunk(tuple(self.factor_trunk), image_shape,
+                                name='factor_decoder')(z)
+    return FactorHead(self.channels, self.rank, self.head_init_stddev,
+                      name='factor')(features)

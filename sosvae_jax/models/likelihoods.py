@@ -320,6 +320,27 @@ def _check_factor_trunk(fields: Mapping[str, Any], config) -> list[str]:
                   'use fewer entries')]
 
 
+def _check_factor_basis(fields: Mapping[str, Any], config) -> list[str]:
+  """None, or K with rank <= K <= S, and not together with factor_trunk."""
+  basis = fields.get('factor_basis')
+  if basis is None:
+    return []
+  if fields.get('factor_trunk') is not None:
+    return [problem('factor_basis', basis, 'P comes either from a conv factor decoder '
+                    f'(factor_trunk={fields.get("factor_trunk")!r}) or from a basis '
+                    'decoder, not both', 'set one of them to None')]
+  rank = fields.get('rank')
+  shape = _image_shape(config)
+  size = math.prod(shape) if shape else None
+  if _is_int(basis) and (not _is_int(rank) or basis >= rank) and (
+      size is None or basis <= size):
+    return []
+  return [problem('factor_basis', basis, 'P = U A(z) spans at most K image-space '
+                  f'directions, so the basis size K must be an int with rank <= K'
+                  + (f' <= S = {size}' if size else ''),
+                  f'pass None, or e.g. --config.likelihood.factor_basis={4 * rank if _is_int(rank) else 100}')]
+
+
 _CAPACITANCE_JITTER = requires(
     lambda v: _is_number(v) and 0 <= v < 1,
     'the jitter of a failed capacitance Cholesky, relative to its mean diagonal, '
@@ -343,7 +364,7 @@ register_likelihood('lowrank_gaussian', Likelihood(
         'D = fixed_diag * I must be positive definite; None = a learned diagonal',
         none_ok=True), 'capacitance_jitter': _CAPACITANCE_JITTER,
         'mean_gradient': _MEAN_GRADIENT},
-    checks=(_check_rank, _check_learned_floor, _check_factor_trunk),
+    checks=(_check_rank, _check_learned_floor, _check_factor_trunk, _check_factor_basis),
     entropy_floor=diagonal_entropy_floor, low_rank=True))
 
 
