@@ -46,11 +46,24 @@ class PreemptionWatch:
   SIGINT at the next step. Either way a second signal while the last
   checkpoint is written exits at once (FORCED_EXIT), for a user who would
   rather lose the last steps than wait.
+
+  A run's set-up is watched too (a watch with no manager, passed to the
+  loop's as `earlier`): a KeyboardInterrupt inside a JAX trace or compile
+  leaves state that crashes the interpreter's exit (a segfault instead of
+  exit code 130), so a signal there is acted on once the set-up ends
+  (end_setup); a second one still exits at once. A single process then ends
+  before the loop on a Ctrl-C (KeyboardInterrupt: nothing to save yet) and
+  stops at the loop's first step on a SIGTERM. Several processes stop
+  together at the loop's first sync point: one that a Ctrl-C ended alone
+  would leave the others waiting for it in their first collective and
+  itself waiting for them in jax.distributed's shutdown.
   """
 
-  def __init__(self, manager: ocp.CheckpointManager | None):
+  def __init__(self, manager: ocp.CheckpointManager | None, *,
+               earlier: 'PreemptionWatch | None' = None):
+    """`earlier`: the watch of the run's set-up, whose signal counts here."""
     self._manager = manager
-    self.received: int | None = None
+    self.received: int | None = earlier.received if earlier is not None else None
     self._previous = {}
     self._single = True
 
@@ -81,6 +94,12 @@ class PreemptionWatch:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+
+  def end_setup(self) -> None:
+    """Raises KeyboardInterrupt where a Ctrl-C reached a single process's
+    set-up (several processes stop at the loop's first sync point)."""
+    if self._single and self.received == signal.SIGINT:
+      raise KeyboardInterrupt
 
   def reached(self, step: int) -> bool:
     """True when the run should save `step` and stop (the same step in every

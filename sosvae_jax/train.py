@@ -30,7 +30,7 @@ from sosvae_jax import sharding
 from sosvae_jax import snapshots
 from sosvae_jax import train_state as train_state_lib
 from sosvae_jax import workdir as workdir_lib
-from sosvae_jax.distributions import capacitance_cholesky
+from sosvae_jax.distributions import lowrank
 from sosvae_jax.models import LIKELIHOODS
 from sosvae_jax.models import PENALTY_COLLECTION
 from sosvae_jax.models import STATS_COLLECTION
@@ -209,39 +209,80 @@ class NonFiniteError(RuntimeError):
 # ----------------------------------------------------------------------------
 # Why a run diverged.
 # ----------------------------------------------------------------------------
-def capacitance_diagnosis(cov_factor: np.ndarray, cov_diag: np.ndarray) -> str:
-  """Where the low-rank likelihood's R x R capacitance C = I + P^T D^-1 P
-  fails: its float64 condition numbers and whether float32 Cholesky gives NaN.
+def capacitance_diagnosis(cov_factor: np.ndarray, cov_diag: np.ndarray, *,
+                          capacitance_jitter: float | None) -> str:
+  """What the low-rank likelihood's R x R capacitance C = I + P^T D^-1 P
+  factorisation did on a batch, or '' where it factorised every image.
 
   jnp.linalg.cholesky returns NaN instead of raising, so without this a
-  failed factorisation shows only as a non-finite loss.
+  failed factorisation shows only as a non-finite loss. The remedy
+  config.likelihood.capacitance_jitter is advised only where it is off.
 
   Args:
     cov_factor: P, [B, S, R].
     cov_diag: d, [B, S].
+    capacitance_jitter: the jitter the likelihood used (None or 0: off).
   """
-  p64 = np.asarray(cov_factor, np.float64)
-  w = p64 / np.sqrt(np.asarray(cov_diag, np.float64))[..., None]  # (B, S, R)
-  capacitance = np.eye(p64.shape[-1]) + np.einsum('bsr,bsq->brq', w, w)  # (B, R, R)
-  finite = np.all(np.isfinite(capacitance), axis=(-2, -1))
-  if not finite.all():
-    return (f'the R x R capacitance I + P^T D^-1 P of the low-rank likelihood is '
-            f'non-finite for {int((~finite).sum())} of {len(finite)} images (P or D '
-            'is non-finite or D underflows)')
-  condition = np.linalg.cond(capacitance)  # (B,)
-  # The factorisation the likelihood itself does, in its own precision.
-  failed = ~np.all(np.isfinite(np.asarray(capacitance_cholesky(
-      jnp.asarray(cov_factor), jnp.asarray(cov_diag)))), axis=(-2, -1))
-  if not failed.any():
+  check = lowrank.capacitance_check(cov_factor, cov_diag,
+                                    capacitance_jitter=capacitance_jitter)
+  what = 'the R x R capacitance I + P^T D^-1 P of the low-rank likelihood'
+  images = check.finite.size
+  if not check.finite.all():
+    return (f'{what} is non-finite for {int((~check.finite).sum())} of {images} images '
+            '(P or D is non-finite or D underflows)')
+  if not check.plain_failed.any():
     return ''
-  return (f'the R x R capacitance I + P^T D^-1 P of the low-rank likelihood has '
-          f'condition numbers up to {condition.max():.2g} (float64 estimate; float32 '
-          f'holds ~7 digits) and its float32 Cholesky returned NaN for '
-          f'{int(failed.sum())} of {len(failed)} images: the factor P has grown far '
-          'larger than the diagonal D allows (set --config.likelihood.capacitance_jitter'
-          '=1e-6 to retry a failed factorisation with jitter, see README; or raise '
-          'config.likelihood.fixed_diag or min_variance, or lower '
-          'config.optimizer.variance_lr_scale)')
+  plain, failed = int(check.plain_failed.sum()), int(check.failed.sum())
+  condition = (f'condition numbers up to {check.condition[check.plain_failed].max():.2g} '
+               f'(float64 estimate; {check.dtype} holds '
+               f'~{np.finfo(check.dtype).precision + 1} digits)')
+  too_large = 'the factor P has grown far larger than the diagonal D allows'
+  others = ('raise config.likelihood.fixed_diag or min_variance, or lower '
+            'config.optimizer.variance_lr_scale')
+  if not capacitance_jitter:
+    return (f'{what} has {condition} and its {check.dtype} Cholesky returned NaN for '
+            f'{plain} of {images} images: {too_large} (set '
+            '--config.likelihood.capacitance_jitter=1e-6 to retry a failed '
+            f'factorisation with jitter, see README; or {others})')
+  remedy = f'the jitter remedy (config.likelihood.capacitance_jitter={capacitance_jitter:g})'
+  remedied = check.plain_failed & ~check.failed
+  added = f'{check.jitter_added[remedied].max():.2g}' if remedied.any() else ''
+  if not failed:
+    return (f'not {what}: its {check.dtype} Cholesky failed for {plain} of {images} '
+            f'images ({condition}), but {remedy} factorised every one of them, adding '
+            f'up to {added} to its diagonal ({too_large})')
+  overflow = check.failed & check.overflow
+  short = check.failed & ~check.overflow  # a larger jitter may mend these
+  return (f'{what} has {condition}; its {check.dtype} Cholesky failed for {plain} of '
+          f'{images} images, and {remedy} '
+          + (f'factorised {int(remedied.sum())} of them, adding up to {added} to its '
+             'diagonal, but ' if remedied.any() else '')
+          + f'failed for {failed}: '
+          + '; '.join(filter(None, (
+              f'C exceeds the range of {check.dtype} for {int(overflow.sum())}, which no '
+              'jitter mends' if overflow.any() else '',
+              f'for {int(short.sum())} even the last of its '
+              f'{lowrank.CAPACITANCE_JITTER_TRIES} tries, adding '
+              f'{check.jitter_added[short].max():.2g}, did not factorise'
+              if short.any() else '')))
+          + f'. {too_large[0].upper()}{too_large[1:]} ('
+          + (f'raise config.likelihood.capacitance_jitter above {capacitance_jitter:g}; or '
+             if short.any() else '')
+          + f'{others})')
+
+
+def batch_diagnosis(config: ml_collections.ConfigDict, model: nn.Module,
+                    state: TrainState, batch: Array, rng: Array) -> str:
+  """Why `batch` [B, H, W, C] (uint8) gives a non-finite loss, where a known
+  cause can be checked (capacitance_diagnosis), else ''."""
+  if not LIKELIHOODS[config.likelihood.name].low_rank or jax.process_count() > 1:
+    return ''
+  observation = model.apply(model_variables(state.params, state.model_state),
+                            input_pipeline.preprocess(batch), rngs={'sample': rng}).observation
+  # The jitter the likelihood was built with, not a default.
+  return capacitance_diagnosis(
+      *jax.device_get((observation.cov_factor, observation.cov_diag)),
+      capacitance_jitter=observation.capacitance_jitter)
 
 
 def _format_duration(seconds: float) -> str:
@@ -322,11 +363,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with contextlib.ExitStack() as stack:
     if jax.process_index() == 0:
       stack.enter_context(workdir_lib.WorkdirLock(workdir))
-    return _train_and_evaluate_locked(config, workdir)
+    # A signal during the set-up is acted on when it ends (PreemptionWatch).
+    setup_watch = stack.enter_context(preemption.PreemptionWatch(None))
+    return _train_and_evaluate_locked(config, workdir, setup_watch)
 
 
-def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
-                               workdir: str) -> TrainState:
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
+                               setup_watch: preemption.PreemptionWatch) -> TrainState:
   """train_and_evaluate once the config is checked and the workdir is ours."""
   is_main = jax.process_index() == 0
 
@@ -401,14 +444,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
 
   def diagnose() -> str:
     """Why the last batch is non-finite, where a known cause can be checked."""
-    if not LIKELIHOODS[config.likelihood.name].low_rank or jax.process_count() > 1:
-      return ''
-    out = model.apply(model_variables(state.params, state.model_state),
-                      input_pipeline.preprocess(batch), rngs={'sample': streams['eval']})
-    return capacitance_diagnosis(*jax.device_get((out.observation.cov_factor,
-                                                  out.observation.cov_diag)))
+    return batch_diagnosis(config, model, state, batch, streams['eval'])
 
   watch = plateau.PlateauWatch(config.likelihood)
+  setup_watch.end_setup()
 
   # ----------------------------------------------------------------- loop
   logging.info('Training %s for %d steps (from step %d) on %d device(s); workdir %s',
@@ -418,7 +457,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict,
   t_start = time.time()
   max_nonfinite = config.get('max_nonfinite_steps', 20)
   pending = None  # the previous step's skip counter, read one step late
-  with preemption.PreemptionWatch(manager) as stop:
+  with preemption.PreemptionWatch(manager, earlier=setup_watch) as stop:
     for step in range(start_step + 1, config.num_steps + 1):
       batch = sharding.global_batch(next(batches), mesh)
       state, metrics = step_fn(state, batch)

@@ -146,12 +146,132 @@ def test_capacitance_cholesky_with_jitter_factorises_the_shrunk_capacitance():
   np.testing.assert_allclose(chol[0] @ chol[0].T, shrunk, rtol=1e-4)
 
 
-def test_nonfinite_message_names_the_remedy_and_the_remedy_works():
+@pytest.mark.parametrize('off', [None, 0.0])
+def test_nonfinite_message_names_the_remedy_and_the_remedy_works(off):
   x, loc, factor, diag = _failing_case()
-  message = train.capacitance_diagnosis(factor, diag)
-  assert 'capacitance_jitter=1e-6' in message and 'README' in message
+  message = train.capacitance_diagnosis(factor, diag, capacitance_jitter=off)
+  assert 'float32 Cholesky returned NaN for 2 of 2 images' in message
+  assert 'set --config.likelihood.capacitance_jitter=1e-6' in message and 'README' in message
   log_prob = lowrank.lowrank_log_prob(x, loc, factor, diag, capacitance_jitter=1e-6)
   assert np.all(np.isfinite(log_prob))
+
+
+# ------------------------------------------------------- the run's diagnosis
+def _capacitance64(factor, diag):
+  w = factor.astype(np.float64) / np.sqrt(diag.astype(np.float64))[..., None]
+  return np.eye(factor.shape[-1]) + np.einsum('bsr,bsq->brq', w, w)  # (B, R, R)
+
+
+def _mixed_case():
+  """Two failing images and a sound one, with the likelihood's own verdict:
+  its jittered log_prob is finite exactly where the jitter mends C."""
+  x, loc, factor, diag = _failing_case(batch=3)
+  factor[2] = (1e-3 * np.random.default_rng(3).normal(size=(SIZE, RANK))).astype(np.float32)
+  return x, loc, factor, diag
+
+
+def _ladder_steps(delta, factor, diag, jitter):
+  """k where delta = jitter * 10^k * mean(diag C), C in float64 (asserted)."""
+  mean_diag = np.mean(np.diagonal(_capacitance64(factor, diag), axis1=-2, axis2=-1), -1)
+  rungs = np.asarray(delta, np.float64) / (jitter * mean_diag)
+  steps = np.round(np.log10(rungs))
+  np.testing.assert_allclose(rungs, 10.0 ** steps, rtol=1e-4)
+  return steps
+
+
+def test_check_against_float64_reference():
+  _, _, factor, diag = _mixed_case()
+  reference = np.linalg.cond(_capacitance64(factor, diag))
+  for jitter in (None, JITTER):
+    check = lowrank.capacitance_check(factor, diag, capacitance_jitter=jitter)
+    np.testing.assert_allclose(check.condition, reference, rtol=1e-10)
+    assert reference[:2].min() > 1e8 and reference[2] < 2
+    np.testing.assert_array_equal(check.plain_failed, [True, True, False])
+    np.testing.assert_array_equal(check.overflow, False)
+    assert check.dtype == np.float32
+  np.testing.assert_array_equal(
+      lowrank.capacitance_check(factor, diag).failed, [True, True, False])
+  check = lowrank.capacitance_check(factor, diag, capacitance_jitter=JITTER)
+  np.testing.assert_array_equal(check.failed, False)
+  # The jitter added is the likelihood's own: a rung of the ladder.
+  np.testing.assert_allclose(check.jitter_added,
+                             lowrank.capacitance_jitter_added(factor, diag, JITTER), rtol=1e-6)
+  assert check.jitter_added[2] == 0
+  steps = _ladder_steps(check.jitter_added[:2], factor[:2], diag[:2], JITTER)
+  assert np.all((steps >= 0) & (steps < lowrank.CAPACITANCE_JITTER_TRIES))
+
+
+def test_diagnosis_with_a_jitter_that_mends_claims_no_failure():
+  x, loc, factor, diag = _mixed_case()
+  message = train.capacitance_diagnosis(factor, diag, capacitance_jitter=JITTER)
+  assert np.all(np.isfinite(lowrank.lowrank_log_prob(x, loc, factor, diag,
+                                                     capacitance_jitter=JITTER)))
+  delta = lowrank.capacitance_jitter_added(factor, diag, JITTER)
+  condition = np.linalg.cond(_capacitance64(factor, diag)).max()
+  assert message.startswith('not the R x R capacitance')
+  assert 'returned NaN' not in message and 'set --config' not in message
+  assert 'float32 Cholesky failed for 2 of 3 images' in message
+  assert f'condition numbers up to {condition:.2g}' in message
+  assert ('the jitter remedy (config.likelihood.capacitance_jitter=1e-06) factorised '
+          f'every one of them, adding up to {np.max(delta):.2g} to its diagonal') in message
+  # Nothing to report where C factorises without the jitter.
+  assert train.capacitance_diagnosis(factor[2:], diag[2:], capacitance_jitter=JITTER) == ''
+
+
+def test_diagnosis_when_every_jitter_try_fails():
+  """A jitter far below float32's rounding: the last try (jitter * 100 *
+  mean diag C) still does not factorise, which the likelihood shows as NaN."""
+  tiny = 1e-13
+  x, loc, factor, diag = _mixed_case()
+  log_prob = lowrank.lowrank_log_prob(x, loc, factor, diag, capacitance_jitter=tiny)
+  np.testing.assert_array_equal(np.isfinite(log_prob), [False, False, True])
+  check = lowrank.capacitance_check(factor, diag, capacitance_jitter=tiny)
+  np.testing.assert_array_equal(check.failed, [True, True, False])
+  last = lowrank.CAPACITANCE_JITTER_TRIES - 1
+  np.testing.assert_array_equal(
+      _ladder_steps(check.jitter_added[:2], factor[:2], diag[:2], tiny), [last, last])
+  message = train.capacitance_diagnosis(factor, diag, capacitance_jitter=tiny)
+  assert 'returned NaN' not in message and 'set --config' not in message
+  assert ('float32 Cholesky failed for 2 of 3 images, and the jitter remedy '
+          '(config.likelihood.capacitance_jitter=1e-13) failed for 2: for 2 even the last '
+          f'of its 3 tries, adding {check.jitter_added.max():.2g}, did not factorise') in message
+  assert 'raise config.likelihood.capacitance_jitter above 1e-13' in message
+  assert 'config.likelihood.fixed_diag' in message
+
+
+def test_diagnosis_when_the_capacitance_overflows_float32():
+  """P so large that C overflows float32 (finite in float64): no jitter
+  mends it, and a larger jitter is not advised."""
+  x, loc, factor, diag = _mixed_case()
+  factor[1] *= 1e18
+  c64 = _capacitance64(factor, diag)
+  assert np.all(np.isfinite(c64))
+  np.testing.assert_array_equal(np.abs(c64).max((-2, -1)) > np.finfo(np.float32).max,
+                                [False, True, False])
+  log_prob = lowrank.lowrank_log_prob(x, loc, factor, diag, capacitance_jitter=JITTER)
+  np.testing.assert_array_equal(np.isfinite(log_prob), [True, False, True])
+  check = lowrank.capacitance_check(factor, diag, capacitance_jitter=JITTER)
+  np.testing.assert_array_equal(check.overflow, [False, True, False])
+  message = train.capacitance_diagnosis(factor, diag, capacitance_jitter=JITTER)
+  delta0 = lowrank.capacitance_jitter_added(factor[:1], diag[:1], JITTER)[0]
+  assert ('float32 Cholesky failed for 2 of 3 images, and the jitter remedy '
+          '(config.likelihood.capacitance_jitter=1e-06) factorised 1 of them, adding up '
+          f'to {delta0:.2g} to its diagonal, but failed for 1: C exceeds the range of '
+          'float32 for 1, which no jitter mends') in message
+  assert 'returned NaN' not in message and 'capacitance_jitter above' not in message
+  assert 'set --config' not in message and 'config.likelihood.fixed_diag' in message
+
+
+def test_diagnosis_under_x64_reports_the_float64_factorisation():
+  """With jax_enable_x64 the jittered likelihood factorises C in float64:
+  nothing fails there, while the plain float32 factorisation still does."""
+  _, _, factor, diag = _mixed_case()
+  with jax.enable_x64(True):
+    check = lowrank.capacitance_check(factor, diag, capacitance_jitter=JITTER)
+    assert check.dtype == np.float64 and not check.plain_failed.any()
+    assert train.capacitance_diagnosis(factor, diag, capacitance_jitter=JITTER) == ''
+    assert 'float32 Cholesky returned NaN for 2 of 3' in train.capacitance_diagnosis(
+        factor, diag, capacitance_jitter=None)
 
 
 # ------------------------------------------------------------------ config
@@ -223,3 +343,25 @@ def test_train_step_reads_the_field():
                   jax.tree.leaves((state1.params, metrics1))):
     np.testing.assert_array_equal(a, b)
   assert not np.isfinite(blown[0]) and np.isfinite(blown[1]), blown
+
+
+@pytest.mark.parametrize('jitter', [0.0, JITTER])
+def test_the_run_diagnoses_with_its_own_jitter(jitter):
+  """train.batch_diagnosis (what the run calls on non-finite steps) on a
+  model whose P is blown up: the jitter the config set is the one judged."""
+  import train_fixtures  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config('smoke')
+  with config.unlocked():
+    config.likelihood.capacitance_jitter = jitter
+  run = train.setup(config)
+  state = run.state.replace(params=_blow_up_factor_head(run.state.params, 1e6))
+  message = train.batch_diagnosis(config, run.parts.model, state,
+                                  train_fixtures.random_batch(0), jax.random.key(0))
+  if jitter:
+    assert message.startswith('not the R x R capacitance'), message
+    assert 'capacitance_jitter=1e-06) factorised every one' in message
+    assert 'returned NaN' not in message and 'set --config' not in message
+  else:
+    assert 'float32 Cholesky returned NaN for 8 of 8 images' in message, message
+    assert 'set --config.likelihood.capacitance_jitter=1e-6' in message

@@ -64,6 +64,7 @@ from typing import NamedTuple
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sosvae_jax.distributions.numerics import compute_dtype
 
@@ -154,9 +155,8 @@ def jittered_capacitance_cholesky(capacitance: Array,
   k < CAPACITANCE_JITTER_TRIES, and keeps the first that factorises. All
   tries are computed (R^3 each, small beside the O(S R^2) Gram) and one is
   selected with jnp.where-style indexing: no data-dependent control flow, so
-  it jits and vmaps. A try fails on a NaN (jnp.linalg.cholesky does not
-  raise) or on a pivot below 1/2: C >= I makes every exact pivot >= 1, so a
-  smaller one is rounding error, not the matrix.
+  it jits and vmaps. A try fails as _factorised says (a NaN or a pivot
+  below 1/2).
 
   Args:
     capacitance: C, [..., R, R], symmetric with C >= I in exact arithmetic.
@@ -175,12 +175,86 @@ def jittered_capacitance_cholesky(capacitance: Array,
   eye = jnp.eye(rank, dtype=capacitance.dtype)
   chols = jnp.linalg.cholesky(capacitance[..., None, :, :]
                               + deltas[..., None, None] * eye)  # (..., T, R, R)
-  pivots = jnp.diagonal(chols, axis1=-2, axis2=-1)  # (..., T, R)
-  ok = jnp.all(jnp.isfinite(chols), (-2, -1)) & jnp.all(pivots >= 0.5, -1)  # (..., T)
+  ok = _factorised(chols)  # (..., T)
   first = jnp.where(jnp.any(ok, -1), jnp.argmax(ok, -1), len(ladder) - 1)  # (...)
   chol = jnp.take_along_axis(chols, first[..., None, None, None], -3)[..., 0, :, :]
   delta = jnp.take_along_axis(deltas, first[..., None], -1)[..., 0]
   return chol, delta
+
+
+def _factorised(chol: Array) -> Array:
+  """Whether a jnp.linalg.cholesky factor of a capacitance C >= I succeeded.
+
+  A failure is a NaN (jnp.linalg.cholesky does not raise) or a pivot below
+  1/2: every exact pivot of C >= I is >= 1, so a smaller one is rounding
+  error, not the matrix.
+
+  Args:
+    chol: [..., R, R].
+
+  Returns:
+    [...], bool.
+  """
+  pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)  # (..., R)
+  return jnp.all(jnp.isfinite(chol), (-2, -1)) & jnp.all(pivots >= 0.5, -1)
+
+
+class CapacitanceCheck(NamedTuple):
+  """How the likelihood's own capacitance factorisation went, per example.
+
+  All fields are numpy arrays of the batch shape [...], except dtype.
+  """
+
+  finite: np.ndarray  # C = I + P^T D^-1 P is finite in float64
+  overflow: np.ndarray  # finite, but beyond the factorisation's dtype (no jitter mends it)
+  condition: np.ndarray  # float64 condition number of C; NaN where not finite
+  plain_failed: np.ndarray  # factorising C as it is failed
+  jitter_added: np.ndarray  # delta added to diag C (0: none, or the remedy is off)
+  failed: np.ndarray  # the factor is unusable: without jitter plain_failed,
+  # with it every try failed (jitter_added is then the last try's)
+  dtype: np.dtype  # of the factorisation
+
+
+def capacitance_check(cov_factor: Array, cov_diag: Array, *,
+                      capacitance_jitter: float | None = None) -> CapacitanceCheck:
+  """Which examples' capacitance fails to factorise, as the likelihood does it.
+
+  For diagnosing a run, not jitted: the condition numbers are numpy float64
+  estimates; the factorisation is the likelihood's own, in its own dtype
+  (capacitance_cholesky without jitter, jittered_capacitance_cholesky in
+  best_capacitance_dtype with it).
+
+  Args:
+    cov_factor: P, [..., S, R].
+    cov_diag: d, [..., S].
+    capacitance_jitter: as in capacitance_cholesky.
+  """
+  p64 = np.asarray(cov_factor, np.float64)
+  w64 = p64 / np.sqrt(np.asarray(cov_diag, np.float64))[..., None]  # (..., S, R)
+  c64 = np.eye(p64.shape[-1]) + np.einsum('...sr,...sq->...rq', w64, w64)  # (..., R, R)
+  finite = np.all(np.isfinite(c64), axis=(-2, -1))  # (...)
+  condition = np.full(finite.shape, np.nan)
+  condition[finite] = np.linalg.cond(c64[finite])
+  if not capacitance_jitter:
+    # Without the remedy a finite factor is used as it is.
+    chol = capacitance_cholesky(jnp.asarray(cov_factor), jnp.asarray(cov_diag))
+    failed = ~np.all(np.isfinite(np.asarray(chol)), axis=(-2, -1))
+    return CapacitanceCheck(finite, _overflow(c64, chol.dtype), condition, failed,
+                            np.zeros(finite.shape), failed, np.dtype(chol.dtype))
+  w = whitened_factor(jnp.asarray(cov_factor), jnp.asarray(cov_diag))  # (..., S, R)
+  # The capacitance as _jittered_gram builds it.
+  wide = w.astype(best_capacitance_dtype(w.dtype))
+  capacitance = jnp.eye(w.shape[-1], dtype=wide.dtype) + _matmul(
+      '...sr,...sq->...rq', wide, wide)  # (..., R, R)
+  chol, delta = jittered_capacitance_cholesky(capacitance, capacitance_jitter)
+  delta = np.asarray(delta, np.float64)
+  return CapacitanceCheck(finite, _overflow(c64, wide.dtype), condition, ~(delta == 0),
+                          delta, ~np.asarray(_factorised(chol)), np.dtype(wide.dtype))
+
+
+def _overflow(capacitance: np.ndarray, dtype: jnp.dtype) -> np.ndarray:
+  """Where a finite float64 C [..., R, R] exceeds `dtype`'s range: [...]."""
+  return np.max(np.abs(capacitance), axis=(-2, -1)) > np.finfo(dtype).max
 
 
 def _jittered_gram(z: Array, rank: int, jitter: float):
