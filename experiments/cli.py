@@ -11,7 +11,8 @@ Exit codes (a scheduler or a script can tell these apart):
   4  stopped early but resumable: SIGTERM / SIGINT (Ctrl-C) or a pre-emption
      notice; a checkpoint was written, rerun the same command to continue.
   130  interrupted where nothing could be saved: a second Ctrl-C while the
-     last checkpoint is written, or Ctrl-C before the train loop started;
+     last checkpoint is written, or Ctrl-C in a one-process run before its
+     train loop (a multi-process run stops at the loop's first step: 4);
      the last complete checkpoint is kept.
 """
 
@@ -102,6 +103,22 @@ def _no_get_config(argv: Sequence[str], error: Exception) -> str | None:
           'it is no config file; pass one such as experiments/configs/default.py')
 
 
+def _config_file_error(argv: Sequence[str], error: BaseException) -> str | None:
+  """What to say when the --config file itself fails while it is loaded (a
+  syntax error, an exception in its body or its get_config()); else None.
+  The file is the user's, so its line and error are the news, not the flag
+  parser's traceback."""
+  given = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  if not given:
+    return None
+  from sosvae_jax import config_checks  # pylint: disable=g-import-not-at-top
+  where = config_checks.failure_in_file(error, given[-1].partition(':')[0])
+  if where is None:
+    return None
+  return (f'--config={given[-1]}: the config file fails at {where}; fix the file, or '
+          'pass another such as experiments/configs/default.py')
+
+
 def _config_load_error() -> str | None:
   """The error of a --config file that could not be loaded, else None.
 
@@ -131,7 +148,11 @@ def parse_flags(argv: list[str]) -> list[str]:
       return remaining
   except flags.Error as e:
     message = _flag_error_text(e)
-  except (AttributeError, KeyError) as e:
-    message = _no_get_config(argv[1:], e) or _unknown_override(argv[1:], e)
+  except Exception as e:  # pylint: disable=broad-except
+    message = _no_get_config(argv[1:], e) or _config_file_error(argv[1:], e)
+    if message is None and isinstance(e, (AttributeError, KeyError)):
+      message = _unknown_override(argv[1:], e)
+    if message is None:
+      raise
   sys.stderr.write(f'Error: {message}\nPass --helpshort to see the flags.\n')
   sys.exit(USER_ERROR)

@@ -16,6 +16,7 @@ from experiments import cli
 from sosvae_jax import checkpoints
 from sosvae_jax import figures
 from sosvae_jax import logs
+from sosvae_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Workdir of a training run (config.json, checkpoints/).')
@@ -51,6 +52,8 @@ def main(argv):
   try:
     # First, so that nothing is created in a folder that is no run.
     checkpoints.load_config(FLAGS.workdir)
+    if FLAGS.out:
+      workdir_lib.make_folder(FLAGS.out, '--out')
     with cli.interrupt_ends_quietly('rendering figures'):
       written = figures.render_figures(
           FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,

@@ -21,10 +21,12 @@ from ml_collections import config_flags
 
 from experiments import cli
 from sosvae_jax import checkpoints
+from sosvae_jax import config_checks
 from sosvae_jax import distributed
 from sosvae_jax import dry_run
 from sosvae_jax import logs
 from sosvae_jax import train
+from sosvae_jax.evaluation import settings
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -52,7 +54,7 @@ flags.DEFINE_list('local_device_ids', None,
 
 def _evaluate(workdir: str, config) -> None:
   """--mode=evaluate: every metric of the run in `workdir` (workdir/eval/)."""
-  from sosvae_jax.evaluation import evaluate, settings  # pylint: disable=g-import-not-at-top
+  from sosvae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   try:
     config = config if config is not None else checkpoints.load_config(workdir)
     eval_settings = settings.from_config(config.get('evaluation'))
@@ -83,13 +85,17 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError(f'--config is required for --mode={FLAGS.mode}: pass e.g. '
                          '--config=experiments/configs/default.py.', exitcode=cli.USER_ERROR)
+  # The run's config.json carries its evaluation settings: refuse them now,
+  # not when the trained run is evaluated.
+  eval_problems = settings.section_problems(FLAGS.config)
   if FLAGS.mode == 'check':
     report = dry_run.dry_run(FLAGS.config, FLAGS.workdir)
     print(report.text, flush=True)
-    if report.problems:
-      cli.fail('\n'.join(report.problems), cli.USER_ERROR)
+    if report.problems or eval_problems:
+      cli.fail('\n'.join(report.problems + eval_problems), cli.USER_ERROR)
     return
   try:
+    config_checks.raise_problems(eval_problems)
     state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except cli.user_error_types() as e:
     cli.fail(str(e), cli.USER_ERROR)

@@ -92,12 +92,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]} (only "collect").',
                          exitcode=cli.USER_ERROR)
   try:
-    workdir_lib.check_workdir_path(FLAGS.workdir)
     config_arg, base_overrides, points = _points()
     groups = sweep.group_points(points)
     sweep.check_points(points)
     if FLAGS.index is not None and not 0 <= FLAGS.index < len(points):
       raise sweep.SweepError(f'--index={FLAGS.index}: the sweep has points 0..{len(points) - 1}.')
+    # Last: it creates the folder, which a bad sweep should not leave behind.
+    workdir_lib.check_workdir_path(FLAGS.workdir)
   except (sweep.SweepError, workdir_lib.WorkdirError) as e:
     logging.error('%s', e)
     sys.exit(2)

@@ -55,7 +55,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f'{path} not found: is {workdir} the workdir of a training run '
         '(python -m experiments.main ... --workdir=DIR)?')
-  return ml_collections.ConfigDict(workdir_lib.effective_config(workdir))
+  config = ml_collections.ConfigDict(workdir_lib.effective_config(workdir))
+  # A hand-edited config.json would otherwise fail deep inside model building.
+  problems = config_checks.model_problems(config)
+  if problems:
+    lines = '\n'.join(f'  - {p}' for p in problems)
+    raise config_checks.ConfigError(
+        f'{path} (with the changes recorded in {workdir_lib.LAUNCHES_FILE}) describes no '
+        'model that can be built; restore the file from a copy, or train again in a new '
+        f'--workdir:\n{lines}')
+  return config
 
 
 # ----------------------------------------------------------------------------
@@ -231,6 +240,9 @@ class RestoredRun(NamedTuple):
     return train_state_lib.model_variables(self.params, self.model_state)
 
 
+_SHAPES_DIFFER = 'shapes differ from the model of config.json'
+
+
 def _restore_params(manager, step: int, abstract_state) -> tuple[Any, Any]:
   """Parameters and model state of one checkpoint, checked against the model.
 
@@ -250,7 +262,7 @@ def _restore_params(manager, step: int, abstract_state) -> tuple[Any, Any]:
     value = saved[field]
     mismatch = jax.tree.map(lambda a, b: a.shape != np.shape(b), abstract, value)
     if any(jax.tree.leaves(mismatch)):
-      raise ValueError(f'{field} shapes differ from the model of config.json')
+      raise ValueError(f'{field} {_SHAPES_DIFFER}')
     restored.append(jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), abstract, value))
   return tuple(restored)
 
@@ -270,6 +282,7 @@ def restore_run(workdir: str) -> RestoredRun:
   if not steps:
     raise FileNotFoundError(f'No checkpoint under {manager.directory}: train '
                             'first (python -m experiments.main).')
+  mismatched = []
   for step in steps:
     try:
       params, model_state = _restore_params(manager, step, abstract_state)
@@ -277,10 +290,18 @@ def restore_run(workdir: str) -> RestoredRun:
       # Orbax and TensorStore raise many types for unreadable files.
       logging.warning('Cannot read checkpoint %d (%s: %s); trying the one '
                       'before.', step, type(e).__name__, str(e)[:300])
+      mismatched += [step] if _SHAPES_DIFFER in str(e) else []
       continue
     manager.close()
     logging.info('Restored parameters of step %d from %s.', step, workdir)
     return RestoredRun(config, parts.model, params, step, model_state)
   manager.close()
+  if mismatched == steps:
+    raise FileNotFoundError(
+        f'Every checkpoint under {manager.directory} (steps {steps}) holds another model '
+        f'than {os.path.join(workdir, CONFIG_JSON)} describes (the parameter shapes '
+        'differ): was config.json edited? Restore it from a copy; '
+        f'{workdir_lib.LAUNCHES_FILE} lists the values of each launch.')
   raise FileNotFoundError(f'No readable checkpoint under {manager.directory} '
-                          f'(tried steps {steps}).')
+                          f'(tried steps {steps}; the warnings above say why): train '
+                          'the run again, in a new --workdir.')

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sosvae_jax import input_pipeline
@@ -23,6 +25,28 @@ _MISSING = object()
 
 class ConfigError(ValueError):
   """A config that cannot train; the message lists every problem, one a line."""
+
+
+def failure_in_file(error: BaseException, path: str) -> str | None:
+  """"line N ('code') with Type: message" when `error` arose in the user's
+  Python file `path` (a config or sweep file), else None.
+
+  A file is to blame when the traceback passes through it (its body, or a
+  function of it such as get_config()) or a SyntaxError names it; an error
+  that never passed through it is not its fault and keeps its traceback.
+  """
+  path = os.path.abspath(path)
+  if isinstance(error, SyntaxError):
+    if not error.filename or os.path.abspath(error.filename) != path:
+      return None
+    line, code, cause = error.lineno, (error.text or '').strip(), error.msg
+  else:
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == path]
+    if not frames:
+      return None
+    line, code, cause = frames[-1].lineno, frames[-1].line, str(error).strip()
+  return f'line {line} ({code!r}) with {type(error).__name__}{": " + cause if cause else ""}'
 
 
 def _get(config, field: str, default: Any = _MISSING) -> Any:
@@ -104,11 +128,30 @@ def _check_shapes(config) -> list[str]:
         'with a positive number of channels', "pass e.g. --config.model.channels='(16, 32)'"))
   elif shape is not None:
     problems += _check_strides(shape, channels)
+  problems += _check_dtype(config.model.get('dtype', 'float32'))
   latent = config.model.get('latent_dim')
   if not isinstance(latent, int) or latent <= 0:
     problems.append(_problem('model.latent_dim', latent, 'must be a positive integer',
                              'pass e.g. --config.model.latent_dim=32'))
   return problems
+
+
+def _check_dtype(name: Any) -> list[str]:
+  """config.model.dtype: a floating dtype that JAX computes in as configured."""
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    return [_problem('model.dtype', name, 'the networks compute in a floating-point '
+                     'dtype', 'pass --config.model.dtype=float32 (or bfloat16 for '
+                     'mixed precision)')]
+  if dtype.itemsize > 4 and not jax.config.jax_enable_x64:
+    return [_problem('model.dtype', name, 'JAX computes in 32 bits unless 64-bit mode '
+                     'is on, so the run would silently use float32',
+                     'set the environment variable JAX_ENABLE_X64=1, or pass '
+                     '--config.model.dtype=float32')]
+  return []
 
 
 def _check_strides(shape: tuple[int, int, int], channels: tuple[int, ...]) -> list[str]:
@@ -168,6 +211,9 @@ def _check_sign(field: str, value: Any, strict: bool, why: str) -> list[str]:
   if value is None or value is _MISSING:
     return []
   bound = '> 0' if strict else '>= 0'
+  if isinstance(value, (int, float)) and math.isinf(value):
+    return [_problem(field, value, f'must be finite ({why})',
+                     f'set --config.{field} to a finite value {bound}')]
   if isinstance(value, (int, float)) and (value > 0 or (not strict and value == 0)):
     return []
   return [_problem(field, value, f'must be {bound} ({why})',
@@ -191,6 +237,32 @@ def _check_pretraining(config) -> list[str]:
       + (f'e.g. {steps // 5}; ' if steps >= 5 else '') + '0 = no pretraining)')]
 
 
+# The data order's shuffle (grain) takes an unsigned 32-bit seed.
+_SEED_RANGE = (0, 2**32 - 1)
+
+
+def _check_seed(seed: Any) -> list[str]:
+  low, high = _SEED_RANGE
+  if isinstance(seed, int) and low <= seed <= high:
+    return []
+  return [_problem('seed', seed, f'must be an integer in [{low}, {high}] (it seeds '
+                   "the data order's shuffle, which takes an unsigned 32-bit seed)",
+                   'set --config.seed to a value in that range, e.g. 0')]
+
+
+def _check_figure_images(config) -> list[str]:
+  """The reconstructions of the figures come from the first eval_examples images."""
+  shown, examples = config.get('num_figure_images'), config.get('eval_examples')
+  if not (isinstance(shown, int) and isinstance(examples, int) and 0 < examples < shown):
+    return []
+  return [_problem(
+      'num_figure_images', shown, f'> config.eval_examples={examples}: the figures '
+      'reconstruct the first eval_examples evaluation images, so they would show only '
+      f'{examples} reconstructions next to {shown} prior samples',
+      f'set --config.num_figure_images to at most {examples}, or raise '
+      '--config.eval_examples')]
+
+
 def _check_numbers(config, num_devices: int) -> list[str]:
   problems = []
   for field, strict, why in _SIGNED_FIELDS:
@@ -212,6 +284,8 @@ def _check_numbers(config, num_devices: int) -> list[str]:
         'constraints.kl.target', target, 'a KL divergence is never negative, so the '
         'constraint can never be met and its multiplier grows without bound',
         'set --config.constraints.kl.target to a value >= 0 (nats, e.g. 25)'))
+  problems += _check_seed(config.get('seed'))
+  problems += _check_figure_images(config)
   batch = config.get('batch_size')
   if isinstance(batch, int) and batch > 0 and batch % num_devices:
     problems.append(_problem(
@@ -268,7 +342,8 @@ def _check_entropy_target(config) -> list[str]:
 # ----------------------------------------------------------------------------
 # Data on disk.
 # ----------------------------------------------------------------------------
-def _check_idx(data) -> list[str]:
+def _check_idx(config) -> list[str]:
+  data = config.data
   problems, missing = [], []
   directory = data.get('idx_dir', input_pipeline.DEFAULT_IDX_DIR)
   for field in ('train_split', 'eval_split'):
@@ -292,7 +367,8 @@ def _check_idx(data) -> list[str]:
   return problems
 
 
-def _check_tfds(data) -> list[str]:
+def _check_tfds(config) -> list[str]:
+  data = config.data
   if data.get('name') not in input_pipeline.TFDS_DATASETS:
     return []  # Reported by _check_names.
   for split in ('train', 'eval'):
@@ -304,7 +380,8 @@ def _check_tfds(data) -> list[str]:
   return []
 
 
-def _check_folder(data) -> list[str]:
+def _check_folder(config) -> list[str]:
+  data = config.data
   folder_dir = data.get('folder_dir')
   if not folder_dir:
     return [_problem('data.folder_dir', folder_dir, "source 'folder' reads its images "
@@ -313,10 +390,17 @@ def _check_folder(data) -> list[str]:
   for split, other in ((data.train_split, data.eval_split),
                        (data.eval_split, data.train_split)):
     try:
-      input_pipeline.folder_image_paths(folder_dir, split, other)
+      paths = input_pipeline.folder_image_paths(folder_dir, split, other)
     except input_pipeline.DataNotFoundError as e:
       if str(e) not in problems:  # A missing folder fails both splits alike.
         problems.append(str(e))
+      continue
+    batch = config.get('batch_size')
+    if split == data.train_split and isinstance(batch, int) and len(paths) < batch:
+      problems.append(
+          f'the training split holds {len(paths)} image(s), fewer than '
+          f'config.batch_size={batch}, so every batch would repeat images; add images '
+          f'or set --config.batch_size to at most {len(paths)}.')
   problems = [f'config.data.folder_dir={folder_dir!r}: {p}' for p in problems]
   if data.get('centre_crop'):
     problems.append(_problem('data.centre_crop', data.centre_crop, 'folder images are '
@@ -332,6 +416,27 @@ _DATA_CHECKS: dict[str, Callable[[Any], list[str]]] = {
 # ----------------------------------------------------------------------------
 # Entry point.
 # ----------------------------------------------------------------------------
+_MODEL_SECTIONS = ('data', 'model', 'likelihood')
+
+
+def model_problems(config) -> list[str]:
+  """The problems of the fields the networks are built from: the sections,
+  the likelihood and model names, the shapes and the likelihood's fields."""
+  missing = [s for s in _MODEL_SECTIONS if not hasattr(config.get(s), 'get')]
+  if missing:
+    return [f'config.{s}: the section is missing (the model is built from '
+            f'config.{", config.".join(_MODEL_SECTIONS)})' for s in missing]
+  problems = _check_choice('likelihood.name', config.likelihood.get('name'),
+                           sorted(LIKELIHOODS))
+  if config.model.get('name'):
+    problems += _check_choice('model.name', config.model.name, MODELS)
+  problems += _check_shapes(config)
+  entry = LIKELIHOODS.get(config.likelihood.get('name'))
+  if entry is not None and not problems:  # its checks assume sound shapes
+    problems += entry.problems(config)
+  return problems
+
+
 def check_config(config: ml_collections.ConfigDict, *,
                  num_devices: int | None = None) -> None:
   """Raises one ConfigError listing every problem of `config`, if any.
@@ -354,7 +459,12 @@ def check_config(config: ml_collections.ConfigDict, *,
   if entry is not None:
     problems += entry.problems(config)
   if config.data.source in _DATA_CHECKS:
-    problems += _DATA_CHECKS[config.data.source](config.data)
+    problems += _DATA_CHECKS[config.data.source](config)
+  raise_problems(problems)
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+  """Raises one ConfigError listing `problems`, one a line; nothing if none."""
   if problems:
     lines = '\n'.join(f'  - {p}' for p in problems)
     raise ConfigError(f'The config has {len(problems)} problem(s); fix them and run '

@@ -13,6 +13,7 @@ from sosvae_jax import checkpoints
 from sosvae_jax import config_checks
 from sosvae_jax import input_pipeline
 from sosvae_jax import train_state as train_state_lib
+from sosvae_jax import workdir as workdir_lib
 
 
 class DryRun(NamedTuple):
@@ -50,7 +51,8 @@ def parameter_count(config: ml_collections.ConfigDict) -> int:
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRun:
   """The resolved config, devices, dataset, model size and the checks' verdict.
 
-  Reads only: nothing is written, into `workdir` or elsewhere.
+  Reads only: nothing is written, into `workdir` or elsewhere (a missing
+  workdir is created to test that it can be, then removed again).
   """
   lines = ['config:', str(config).rstrip()]
   devices = jax.devices()
@@ -62,6 +64,10 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRun:
   try:
     config_checks.check_config(config, num_devices=jax.device_count())
   except config_checks.ConfigError as e:
+    problems.append(str(e))
+  try:
+    workdir_lib.check_workdir_path(workdir, keep=False)
+  except workdir_lib.WorkdirError as e:
     problems.append(str(e))
   if not problems:  # the model only builds from a config that passed the checks
     lines.append(f'parameters: {parameter_count(config):,}')

@@ -60,6 +60,10 @@ def _open_maybe_gz(path: str):
   raise DataNotFoundError(path)
 
 
+_IDX_FIX = ('download it again (or reinstall `dataset-fashion-mnist`), or set '
+            '--config.data.idx_dir to a folder holding intact IDX files')
+
+
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (plain or .gz): the (Fashion-)MNIST container format.
 
@@ -67,8 +71,7 @@ def read_idx(path: str) -> np.ndarray:
   dimensions, then one big-endian uint32 per dimension. A file that is not
   IDX, or is cut short, raises DataError naming it.
   """
-  fix = ('download it again (or reinstall `dataset-fashion-mnist`), or set '
-         '--config.data.idx_dir to a folder holding intact IDX files')
+  fix = _IDX_FIX
   try:
     with _open_maybe_gz(path) as f:
       data = f.read()
@@ -106,6 +109,9 @@ def load_idx_images(directory: str, split: str) -> np.ndarray:
         '`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or '
         'set --config.data.idx_dir to a folder holding the four IDX files '
         '(train-images-idx3-ubyte[.gz], ...).') from None
+  if images.ndim != 3:  # e.g. a labels file (one dimension) under an image file's name
+    raise DataError(f'IDX file {path}[.gz] holds an array of shape {images.shape}, not '
+                    f'images [N, H, W] (a labels file?); {_IDX_FIX}.')
   return images[..., None]
 
 
@@ -284,11 +290,15 @@ def get_source(data_cfg, split: str):
   """
   split_name = data_cfg.train_split if split == 'train' else data_cfg.eval_split
   if data_cfg.source == 'idx':
-    images = load_idx_images(data_cfg.get('idx_dir', DEFAULT_IDX_DIR), split_name)
+    directory = data_cfg.get('idx_dir', DEFAULT_IDX_DIR)
+    images = load_idx_images(directory, split_name)
     if tuple(images.shape[1:]) != tuple(data_cfg.image_shape):
-      raise ValueError(
-          f'IDX images are {images.shape[1:]} but config.data.image_shape is '
-          f'{tuple(data_cfg.image_shape)}; set it to (28, 28, 1).')
+      raise DataError(
+          f'IDX file {os.path.join(directory, IDX_FILES[split_name][0])}[.gz] holds '
+          f'{images.shape[1]}x{images.shape[2]} images but config.data.image_shape is '
+          f'{tuple(data_cfg.image_shape)}: the idx source reads the 28x28 images of '
+          '(Fashion-)MNIST; set --config.data.idx_dir to their folder, or read other '
+          'images with --config.data.source=folder.')
     return images
   if data_cfg.source == 'tfds':
     if data_cfg.name not in TFDS_DATASETS:

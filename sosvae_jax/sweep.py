@@ -10,6 +10,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import importlib.util
+import inspect
 import io
 import itertools
 import json
@@ -35,6 +36,7 @@ from sosvae_jax import config_checks
 from sosvae_jax import metric_writers
 from sosvae_jax import train
 from sosvae_jax import workdir as workdir_lib
+from sosvae_jax.evaluation import settings as eval_settings
 from sosvae_jax.models import likelihoods
 
 SEED_FIELD = 'seed'
@@ -208,8 +210,20 @@ def _sweep_module(spec: str):
     raise SweepError(f'--sweep={spec!r}: no file {path!r}.')
   module_spec = importlib.util.spec_from_file_location('sweep_definition', path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    _raise_sweep_file_error(spec, e)
   return module
+
+
+def _raise_sweep_file_error(spec: str, error: Exception) -> None:
+  """A SweepError naming the line where the user's sweep file failed; an
+  error that never passed through the file (a bug) is raised unchanged."""
+  where = config_checks.failure_in_file(error, spec.partition(':')[0])
+  if where is None:
+    raise error
+  raise SweepError(f'--sweep={spec!r}: the sweep file fails at {where}; fix the file.') from None
 
 
 def load_report(spec: str) -> Report | None:
@@ -223,9 +237,24 @@ def load_sweep_file(spec: str) -> list[dict[str, Any]]:
   module = _sweep_module(spec)
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'--sweep={spec!r}: {path} defines no get_sweep().')
-  points = module.get_sweep(arg) if arg else module.get_sweep()
+  parameters = inspect.signature(module.get_sweep).parameters.values()
+  if arg and not parameters:
+    raise SweepError(f'--sweep={spec!r}: get_sweep() of {path} takes no argument, but '
+                     f'{arg!r} was given after the colon; drop ":{arg}".')
+  if not arg and any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     for p in parameters):
+    raise SweepError(f'--sweep={spec!r}: get_sweep() of {path} needs an argument; pass '
+                     f'it after a colon: --sweep={path}:ARG.')
+  try:
+    points = module.get_sweep(arg) if arg else module.get_sweep()
+  except Exception as e:  # pylint: disable=broad-except
+    _raise_sweep_file_error(spec, e)
   if not isinstance(points, (list, tuple)) or not all(isinstance(p, Mapping) for p in points):
     raise SweepError(f'--sweep={spec!r}: get_sweep() must return a list of override dicts.')
+  if not points:
+    raise SweepError(f'--sweep={spec!r}: get_sweep() returned no points, so there would be '
+                     'nothing to run; return at least one override dict ({} = the base '
+                     'config).')
   return [dict(p) for p in points]
 
 
@@ -317,6 +346,7 @@ def check_points(points: Sequence[Point], num_devices: int | None = None) -> Non
   for p in points:
     try:
       config_checks.check_config(p.config, num_devices=num_devices)
+      eval_settings.check_section(p.config)  # every point is evaluable later
       checkpoints.check_workdir(p.config, p.workdir)
     except config_checks.ConfigError as e:
       problems.append(f'point {p.index} ({p.name}) {dict(p.overrides)}: {e}')
@@ -467,26 +497,43 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _load_manifest(path: str) -> dict[str, Any]:
+  """sweep.json, or SweepError when it is torn or hand-edited into no manifest."""
+  try:
+    with open(path) as f:
+      content = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    content, why = None, f'not valid JSON ({e})'
+  else:
+    why = f'holds {type(content).__name__}, not a manifest'
+  if not isinstance(content, dict):
+    raise SweepError(f'{path} is damaged ({why}): rerun the sweep\'s command (e.g. with '
+                     '--mode=print) to write it again; finished points are kept.')
+  return content
+
+
 def read_manifest(root: str) -> dict[str, Any]:
   path = os.path.join(root, MANIFEST)
   if not os.path.isfile(path):
     raise SweepError(f'{path} does not exist: run the sweep (any --mode) first.')
-  with open(path) as f:
-    return json.load(f)
+  return _load_manifest(path)
 
 
 def write_manifest(root: str, content: Mapping[str, Any]) -> str:
   """Writes WORKDIR/sweep.json unless it already holds this sweep (then kept,
-  with any collected table in it)."""
+  with any collected table in it); a damaged one is written again."""
   os.makedirs(root, exist_ok=True)
   path = os.path.join(root, MANIFEST)
   if os.path.isfile(path):
-    with open(path) as f:
-      old = json.load(f)
-    if all(old.get(k) == v for k, v in json.loads(json.dumps(content)).items()):
-      return path
-    logging.warning('%s described another sweep; rewriting it (finished points '
-                    'with the same names are reused).', path)
+    try:
+      old = _load_manifest(path)
+    except SweepError:
+      logging.warning('%s was damaged; writing it again.', path)
+    else:
+      if all(old.get(k) == v for k, v in json.loads(json.dumps(content)).items()):
+        return path
+      logging.warning('%s described another sweep; rewriting it (finished points '
+                      'with the same names are reused).', path)
   _write_atomic(path, json.dumps(content, indent=2) + '\n')
   return path
 

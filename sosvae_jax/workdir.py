@@ -22,8 +22,14 @@ class WorkdirError(ValueError):
   """The workdir cannot hold this run; the message says why and what to do."""
 
 
-def check_workdir_path(workdir: str) -> None:
-  """Raises WorkdirError when `workdir` cannot be a run folder."""
+def check_workdir_path(workdir: str, *, keep: bool = True) -> None:
+  """Raises WorkdirError when `workdir` cannot be a run folder.
+
+  A missing workdir is created (with its parents): creating it is the one
+  sure test, since root passes every permission check and some folders
+  (/proc, read-only mounts) refuse new entries whatever their mode says.
+  `keep` False removes again the folders the test created (a dry run).
+  """
   if not workdir:
     raise WorkdirError('--workdir is empty: pass the folder of the run, e.g. '
                        '--workdir=runs/default.')
@@ -37,6 +43,25 @@ def check_workdir_path(workdir: str) -> None:
   if not os.path.isdir(target) or not os.access(target, os.W_OK | os.X_OK):
     raise WorkdirError(f'--workdir={workdir!r}: {target!r} is not a writable folder; '
                        'pass a folder you can write to.')
+  missing = []  # the folders this test creates, deepest first
+  folder = os.path.abspath(workdir)
+  while not os.path.exists(folder):
+    missing.append(folder)
+    folder = os.path.dirname(folder)
+  make_folder(workdir, '--workdir')
+  if not keep:
+    for folder in missing:
+      os.rmdir(folder)
+
+
+def make_folder(path: str, flag: str) -> None:
+  """Creates the folder `path` given by `flag` (and its parents) if missing;
+  WorkdirError naming the flag when it cannot be created."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f'{flag}={path!r} cannot be created ({e.strerror}: '
+                       f'{e.filename}); pass a folder you can write to.') from None
 
 
 class WorkdirLock:

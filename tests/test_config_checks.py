@@ -4,6 +4,8 @@ import math
 import os
 
 import ml_collections
+import numpy as np
+from PIL import Image
 import pytest
 
 from experiments.configs import beta_vae
@@ -280,3 +282,88 @@ def test_counts_and_weights_must_be_positive(field, value):
 def test_batch_smaller_than_the_device_count_is_an_error():
   _assert_mentions(_error(_smoke(batch_size=2), num_devices=4),
                    'config.batch_size=2', 'multiple of 4')
+
+
+# ----------------------------------------------------------------------------
+# Values that would fail deep inside a run, or change it silently.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize('value', ['foo', 'int32'])
+def test_model_dtype_must_be_floating(value):
+  _assert_mentions(_error(_smoke(model__dtype=value)), f'config.model.dtype={value!r}',
+                   'floating-point', '--config.model.dtype=float32')
+
+
+def test_float64_model_needs_64_bit_mode():
+  _assert_mentions(_error(_smoke(model__dtype='float64')), 'JAX_ENABLE_X64=1')
+  config_checks.check_config(_smoke(model__dtype='bfloat16'), num_devices=1)
+
+
+@pytest.mark.parametrize('seed', [-1, 2**32])
+def test_seed_outside_the_shuffle_range(seed):
+  _assert_mentions(_error(_smoke(seed=seed)), f'config.seed={seed}', f'[0, {2**32 - 1}]')
+
+
+@pytest.mark.parametrize('field', ['optimizer__learning_rate', 'kl_weight',
+                                   'constraints__kl__multiplier_lr'])
+def test_infinite_rates_and_weights(field):
+  _assert_mentions(_error(_smoke(**{field: math.inf})),
+                   f'config.{field.replace("__", ".")}=inf', 'must be finite')
+
+
+def test_more_figure_images_than_evaluation_images():
+  _assert_mentions(_error(_smoke(num_figure_images=40, eval_examples=16)),
+                   'config.num_figure_images=40', 'eval_examples=16', 'at most 16')
+  config_checks.check_config(_smoke(num_figure_images=16, eval_examples=16), num_devices=1)
+
+
+def test_image_folder_with_fewer_training_images_than_a_batch(tmp_path):
+  for i in range(4):
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / f'{i}.png')
+  config = _smoke(data__source='folder', data__folder_dir=str(tmp_path), batch_size=8)
+  _assert_mentions(_error(config), f'config.data.folder_dir={str(tmp_path)!r}',
+                   'holds 4 image(s)', 'config.batch_size=8', 'at most 4')
+  config_checks.check_config(_smoke(data__source='folder', data__folder_dir=str(tmp_path),
+                                    batch_size=4), num_devices=1)
+
+
+def test_failure_in_file_blames_only_the_file_the_error_passed_through(tmp_path):
+  path = tmp_path / 'study.py'
+  path.write_text('def get_config():\n  return 1 / 0\n')
+  namespace = {}
+  exec(compile(path.read_text(), str(path), 'exec'), namespace)  # pylint: disable=exec-used
+  with pytest.raises(ZeroDivisionError) as info:
+    namespace['get_config']()
+  assert config_checks.failure_in_file(info.value, str(path)) == (
+      "line 2 ('return 1 / 0') with ZeroDivisionError: division by zero")
+  assert config_checks.failure_in_file(info.value, str(tmp_path / 'other.py')) is None
+  with pytest.raises(ZeroDivisionError) as elsewhere:
+    _ = 1 / 0
+  assert config_checks.failure_in_file(elsewhere.value, str(path)) is None
+
+
+def test_model_problems_of_a_config_that_builds_no_model():
+  """E.g. a hand-edited config.json of a run."""
+  assert not config_checks.model_problems(_smoke())
+  edited = _smoke().to_dict()
+  edited['likelihood']['rank'] = 'three'
+  _assert_mentions('\n'.join(config_checks.model_problems(ml_collections.ConfigDict(edited))),
+                   "config.likelihood.rank='three'")
+  del edited['likelihood']
+  assert config_checks.model_problems(ml_collections.ConfigDict(edited)) == [
+      'config.likelihood: the section is missing (the model is built from config.data, '
+      'config.model, config.likelihood)']
+
+
+def test_evaluation_settings_a_run_would_use_are_checked_at_its_launch():
+  from sosvae_jax.evaluation import settings  # pylint: disable=g-import-not-at-top
+  assert not settings.section_problems(_smoke())
+  # The run's own sampler fields stand in for the section's unset ones.
+  assert settings.section_problems(_smoke(sampler='gmm', gmm_components=0)) == [
+      'config.gmm_components=0 must be >= 1.']
+  assert settings.section_problems(_smoke(evaluation__iwae_k=-1)) == [
+      'config.evaluation.iwae_k=-1 must be >= 0 (0: all / skip).']
+  _assert_mentions('\n'.join(settings.section_problems(
+      _smoke(sampler='gmm', evaluation__gmm_examples=2))),
+                   'gmm_components=10 is more than gmm_examples=2')
+  with pytest.raises(ConfigError, match='config.evaluation.num_samples=1'):
+    settings.check_section(_smoke(evaluation__num_samples=1))

@@ -140,3 +140,20 @@ def test_tfds_with_no_data_folder_at_all_says_tfds_build(tmp_path, monkeypatch):
   with pytest.raises(input_pipeline.DataNotFoundError,
                      match='tfds build mnist --file_format=array_record'):
     input_pipeline.get_source(cfg, 'train')
+
+
+def test_idx_file_that_holds_no_images_names_the_file(tmp_path):
+  # A labels file (one dimension) saved under the image file's name.
+  _write_idx(str(tmp_path / 'train-images-idx3-ubyte'), np.zeros(64))
+  with pytest.raises(input_pipeline.DataError,
+                     match=rf'{tmp_path}/train-images-idx3-ubyte.*shape \(64,\).*labels file'):
+    input_pipeline.load_idx_images(str(tmp_path), 'train')
+
+
+def test_idx_images_of_another_size_name_the_file(tmp_path):
+  _write_idx(str(tmp_path / 'train-images-idx3-ubyte'), np.zeros((8, 32, 32)))
+  cfg = common.fashion_mnist_data()
+  cfg.idx_dir = str(tmp_path)
+  with pytest.raises(input_pipeline.DataError,
+                     match=rf'{tmp_path}/train-images-idx3-ubyte.*32x32 images.*source=folder'):
+    input_pipeline.get_source(cfg, 'train')

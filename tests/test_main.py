@@ -132,6 +132,17 @@ def test_check_mode_exits_2_with_the_checkers_message(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_dry_run_names_a_workdir_that_cannot_be_created(tmp_path):
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import dry_run  # pylint: disable=g-import-not-at-top
+  config = default.get_config('smoke')
+  path = str(tmp_path / ('x' * 300))  # too long a name for any filesystem
+  result = dry_run.dry_run(config, path)
+  assert any('cannot be created' in p and '--workdir' in p for p in result.problems)
+  assert result.text.rstrip().endswith('checks: FAILED')
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_dry_run_parameter_count_matches_an_initialised_model():
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   from sosvae_jax import dry_run, train  # pylint: disable=g-import-not-at-top

@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from experiments.configs import default
+from experiments.configs import sos_basis
 from experiments.configs.sigma_vae import beta_vae
 from sosvae_jax import sweep
 
@@ -113,6 +114,16 @@ def test_a_bad_point_names_its_index_and_overrides(tmp_path):
     sweep.make_points(_config(), [{'seed': 0}, {'seed': 0}], str(tmp_path))
 
 
+def test_a_point_that_could_not_be_evaluated_is_refused_before_training(tmp_path):
+  points = sweep.make_points(_config(), [{'evaluation.iwae_k': 4},
+                                         {'evaluation.iwae_k': -1}], str(tmp_path))
+  with pytest.raises(sweep.SweepError) as e:
+    sweep.check_points(points)
+  assert 'point 1 (evaluation.iwae_k=-1)' in str(e.value)
+  assert 'config.evaluation.iwae_k=-1 must be >= 0' in str(e.value)
+  assert 'point 0' not in str(e.value)
+
+
 def test_product_and_zip():
   a, b = sweep.axis('x', [1, 2]), sweep.axis('y', ['p', 'q'])
   assert sweep.product(a, b) == [{'x': 1, 'y': 'p'}, {'x': 1, 'y': 'q'},
@@ -135,6 +146,8 @@ def test_product_and_zip():
     # The factor's source changes the parameter tree: one group per source.
     ('experiments/sweeps/structure.py', default, None, 2 * 2, 2),
     ('experiments/sweeps/structure.py', default, 'smoke', 2 * 2, 2),
+    ('experiments/sweeps/seeds.py', sos_basis, None, 3, 1),
+    ('experiments/sweeps/seeds.py', sos_basis, 'smoke', 2, 1),
 ])
 def test_sweep_files_load_and_every_point_passes_the_checks(tmp_path, path, config, arg,
                                                            count, groups):
@@ -182,6 +195,23 @@ def test_sweep_file_errors(tmp_path):
   (tmp_path / 'bad.py').write_text('def get_sweep():\n  return {"seed": 1}\n')
   with pytest.raises(sweep.SweepError, match='list of override dicts'):
     sweep.load_sweep_file(str(tmp_path / 'bad.py'))
+
+
+@pytest.mark.parametrize('source,spec_arg,words', [
+    ('def get_sweep(:\n', '', ["fails at line 1 ('def get_sweep(:')", 'SyntaxError']),
+    ('import math\ndef get_sweep():\n  return [{"seed": 1 / 0}]\n', '',
+     ['fails at line 3', 'ZeroDivisionError: division by zero', 'fix the file']),
+    ('def get_sweep():\n  return []\n', '', ['returned no points']),
+    ('def get_sweep():\n  return [{}]\n', ':rank', ['takes no argument', "drop \":rank\""]),
+    ('def get_sweep(which):\n  return [{}]\n', '', ['needs an argument', ':ARG']),
+], ids=['syntax_error', 'raises', 'no_points', 'argument_not_taken', 'argument_missing'])
+def test_sweep_file_mistakes_name_the_file_and_line(tmp_path, source, spec_arg, words):
+  path = tmp_path / 'study.py'
+  path.write_text(source)
+  with pytest.raises(sweep.SweepError) as info:
+    sweep.load_sweep_file(str(path) + spec_arg)
+  for word in [f"--sweep='{path}{spec_arg}'", *words]:
+    assert word in str(info.value), str(info.value)
 
 
 def test_names_are_deterministic_sanitised_and_bounded():
@@ -242,6 +272,18 @@ def test_manifest_maps_index_to_overrides_and_is_kept_when_unchanged(tmp_path):
   other = sweep.manifest(BASE, {}, points[:1], sweep.group_points(points[:1]))
   sweep.write_manifest(str(tmp_path), other)
   assert 'rows' not in sweep.read_manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize('text', ['{"points": ', '[1, 2]'], ids=['torn', 'not_a_dict'])
+def test_damaged_manifest_is_named_and_written_again_by_a_rerun(tmp_path, text):
+  points = sweep.make_points(_config(), [{'seed': 3}], str(tmp_path))
+  content = sweep.manifest(BASE, {}, points, sweep.group_points(points))
+  path = pathlib.Path(sweep.write_manifest(str(tmp_path), content))
+  path.write_text(text)
+  with pytest.raises(sweep.SweepError, match=f'{path} is damaged.*--mode=print'):
+    sweep.read_manifest(str(tmp_path))
+  sweep.write_manifest(str(tmp_path), content)  # the sweep's command again
+  assert sweep.read_manifest(str(tmp_path))['points'][0]['name'] == 'seed=3'
 
 
 def test_mean_std_against_numpy():

@@ -1,6 +1,7 @@
 """Every user mistake at every command line: exit code 2, one message, no traceback."""
 
 import gzip
+import json
 import os
 import pathlib
 import subprocess
@@ -50,8 +51,12 @@ def _idx_folder(tmp_path, cut: bool):
                                                 'No such file']),
     # ':smoke' pretrains for 2 steps.
     ([SMOKE, '--config.num_steps=2'], ['config.pretrain_steps', 'never train']),
+    # Refused at launch, not when the trained run is evaluated.
+    ([SMOKE, '--config.evaluation.iwae_k=-1'], ['config.evaluation.iwae_k=-1 must be >= 0']),
+    ([SMOKE, '--mode=check', '--config.evaluation.sampler=flow'],
+     ["config.evaluation.sampler='flow': choose one of ('prior', 'gmm')"]),
 ], ids=['config_argument_typo', 'unknown_field', 'bad_value', 'missing_config_file',
-        'pretraining_whole_run'])
+        'pretraining_whole_run', 'evaluation_setting', 'evaluation_setting_dry_run'])
 def test_train_config_mistakes(tmp_path, args, parts):
   _assert_user_error(_command('experiments.main', f'--workdir={tmp_path / "run"}', *args),
                      *parts)
@@ -146,6 +151,23 @@ def test_damaged_config_json(tmp_path):
                        f'{run}/config.json is damaged', 'new --workdir')
 
 
+@pytest.mark.parametrize('edit,parts', [
+    (lambda c: c['likelihood'].update(rank='three'), ["config.likelihood.rank='three'"]),
+    (lambda c: c.pop('likelihood'), ['config.likelihood: the section is missing']),
+], ids=['bad_value', 'missing_section'])
+def test_hand_edited_config_json_that_describes_no_model(tmp_path, edit, parts):
+  """Evaluation and figures name config.json instead of failing inside the model."""
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  config = json.loads(default.get_config('smoke').to_json_best_effort())
+  edit(config)
+  workdir_lib.record_launch(str(run), json.dumps(config), 0)
+  for module, *args in (('experiments.main', '--mode=evaluate'), ('experiments.figures',)):
+    _assert_user_error(_command(module, *args, f'--workdir={run}'),
+                       f'{run}/config.json', 'describes no model', 'restore the file', *parts)
+
+
 @pytest.mark.parametrize('args,parts', [
     (['--num_samples=0'], ['--num_samples=0', 'not a positive integer']),
     (['--ppca_examples=-1'], ['--ppca_examples=-1', 'not a positive integer']),
@@ -167,12 +189,96 @@ def test_figures_of_a_file_or_into_a_file(tmp_path):
                               f'--out={a_file}'), f"--out='{a_file}' is a file")
 
 
+def test_figures_and_report_into_a_folder_that_cannot_be_created(tmp_path):
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  workdir_lib.record_launch(str(run), default.get_config('smoke').to_json_best_effort(), 0)
+  (run / 'eval').mkdir()
+  (run / 'eval' / 'results.json').write_text('{"metrics": {}}')
+  out = tmp_path / ('x' * 300)  # longer than a file name may be
+  for module, *args in (('experiments.figures', f'--workdir={run}'),
+                        ('experiments.report', f'--workdirs={run}')):
+    _assert_user_error(_command(module, *args, f'--out={out}'),
+                       f"--out='{out}' cannot be created", 'pass a folder you can write to')
+
+
+def _untrained_run(run):
+  """config.json and a step-0 checkpoint of the smoke config (no training)."""
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  config = default.get_config('smoke')
+  run.mkdir()
+  (run / 'config.json').write_text(config.to_json_best_effort())
+  manager = checkpoints.checkpoint_manager(str(run), config)
+  assert checkpoints.save_checkpoint(manager, train.setup(config).state, 0)
+  manager.wait_until_finished()
+  manager.close()
+  return run
+
+
+def test_config_json_edited_into_another_model_than_its_checkpoints(tmp_path):
+  run = _untrained_run(tmp_path / 'run')
+  config = json.loads((run / 'config.json').read_text())
+  config['model']['latent_dim'] += 1
+  (run / 'config.json').write_text(json.dumps(config))
+  _assert_user_error(_command('experiments.figures', f'--workdir={run}'),
+                     'holds another model than', f'{run}/config.json',
+                     'was config.json edited? Restore it')
+
+
+@pytest.mark.skipif(not os.path.exists('/usr/share/datasets/fashion-mnist'),
+                    reason='Debian dataset-fashion-mnist not installed')
+def test_classifier_cache_that_cannot_be_created_stops_before_training_it(tmp_path):
+  run = _untrained_run(tmp_path / 'run')
+  cache = tmp_path / ('x' * 300)  # longer than a file name may be
+  code, err = _command('experiments.main', '--mode=evaluate', f'--workdir={run}', SMOKE,
+                       f'--config.evaluation.classifier_cache_dir={cache}')
+  _assert_user_error((code, err), f"--config.evaluation.classifier_cache_dir='{cache}' "
+                     'cannot be created')
+  assert 'Feature classifier training' not in err
+
+
+@pytest.mark.parametrize('text', ['{}', '[]'])
+def test_report_of_results_that_hold_no_evaluation(tmp_path, text):
+  (tmp_path / 'run' / 'eval').mkdir(parents=True)
+  (tmp_path / 'run' / 'eval' / 'results.json').write_text(text)
+  _assert_user_error(_command('experiments.report', f'--workdirs={tmp_path / "run"}',
+                              f'--out={tmp_path / "report"}'),
+                     f'{tmp_path}/run/eval/results.json holds no evaluation',
+                     '--mode=evaluate')
+
+
 def test_config_file_without_get_config(tmp_path):
   for module, *args in (('experiments.main', f'--workdir={tmp_path / "run"}'),
                         ('experiments.sweep', f'--workdir={tmp_path / "sweep"}',
                          '--grid=seed=1,2', '--mode=print')):
     _assert_user_error(_command(module, '--config=experiments/cli.py', *args),
                        '--config=experiments/cli.py: the file defines no get_config()')
+
+
+_FAILING_CONFIGS = {
+    'raises_on_import': ('import ml_collections\nraise RuntimeError("boom")\n',
+                         ["fails at line 2 ('raise RuntimeError(\"boom\")')",
+                          'RuntimeError: boom']),
+    'syntax_error': ('def get_config(:\n', ["fails at line 1 ('def get_config(:')",
+                                             'SyntaxError']),
+    'get_config_raises': ('import ml_collections\ndef get_config():\n'
+                          '  return ml_collections.ConfigDict().missing\n',
+                          ['fails at line 3', 'AttributeError']),
+}
+
+
+@pytest.mark.parametrize('module,case', [
+    ('experiments.main', 'raises_on_import'), ('experiments.main', 'syntax_error'),
+    ('experiments.main', 'get_config_raises'), ('experiments.sweep', 'syntax_error')])
+def test_config_file_that_fails_to_load_names_its_line(tmp_path, module, case):
+  source, parts = _FAILING_CONFIGS[case]
+  path = tmp_path / 'mine.py'
+  path.write_text(source)
+  _assert_user_error(_command(module, f'--config={path}', f'--workdir={tmp_path / "run"}',
+                              '--grid=seed=1,2' if module == 'experiments.sweep' else '--mode=check'),
+                     f'--config={path}: the config file', *parts, 'fix the file')
 
 
 def test_sweep_workdir_that_is_a_file(tmp_path):

@@ -60,7 +60,27 @@ def test_workdir_that_is_a_file(tmp_path):
   path.write_text('x')
   with pytest.raises(workdir_lib.WorkdirError, match='is a file, not a folder'):
     workdir_lib.check_workdir_path(str(path))
-  workdir_lib.check_workdir_path(str(tmp_path / 'new' / 'run'))  # created later
+  workdir_lib.check_workdir_path(str(tmp_path / 'new' / 'run'))
+  assert (tmp_path / 'new' / 'run').is_dir()
+
+
+@pytest.mark.parametrize('where', ['name_too_long', 'proc'])
+def test_workdir_that_cannot_be_created(tmp_path, where):
+  # Root passes the permission checks: only creating the folder tells.
+  if where == 'proc' and not os.path.isdir('/proc/self'):
+    pytest.skip('no /proc')
+  path = str(tmp_path / ('x' * 300)) if where == 'name_too_long' else '/proc/sosvae_run'
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=rf"--workdir='{path}' cannot be created \(.*\); pass a folder"):
+    workdir_lib.check_workdir_path(path)
+
+
+def test_a_dry_test_of_the_workdir_leaves_nothing(tmp_path):
+  workdir_lib.check_workdir_path(str(tmp_path / 'new' / 'run'), keep=False)
+  assert list(tmp_path.iterdir()) == []
+  (tmp_path / 'old').mkdir()
+  workdir_lib.check_workdir_path(str(tmp_path / 'old'), keep=False)
+  assert (tmp_path / 'old').is_dir()  # an existing folder stays
 
 
 def test_config_json_keeps_the_first_launch(tmp_path):

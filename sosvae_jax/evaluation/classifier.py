@@ -40,6 +40,7 @@ import optax
 
 from sosvae_jax import input_pipeline
 from sosvae_jax import progress as progress_lib
+from sosvae_jax import workdir as workdir_lib
 from sosvae_jax.evaluation import labels as labels_lib
 
 Array = jax.Array
@@ -235,6 +236,8 @@ def load_or_train_classifier(
     logging.info('Using cached feature classifier %s (test accuracy %.4f).', path,
                  meta['test_accuracy'])
     return TrainedClassifier(params, model, meta['test_accuracy'], path, meta)
+  # Before training: a cache folder that cannot be made would lose its result.
+  workdir_lib.make_folder(cache_dir, '--config.evaluation.classifier_cache_dir')
   logging.info('Training the feature classifier for classifier FID (%d steps); '
                'cached afterwards in %s.', settings.num_steps, path)
   t0 = time.time()

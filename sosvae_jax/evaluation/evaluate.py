@@ -62,6 +62,7 @@ from sosvae_jax.evaluation import structure
 from sosvae_jax.evaluation.results import Evaluation
 from sosvae_jax.evaluation.results import results_markdown
 from sosvae_jax.evaluation.results import write_results
+from sosvae_jax.evaluation import settings as settings_lib
 from sosvae_jax.evaluation.settings import EvalSettings
 
 Array = jax.Array
@@ -243,7 +244,7 @@ def bits_per_dim(log_p: float, num_dims: int, discrete: bool) -> float:
 def _fit_sampler(run, s: EvalSettings, key: Array) -> tuple[Any, dict]:
   """(draw(n, seed) -> z [n, L], description) for the prior or a fitted GMM."""
   config = run.config
-  sampler = s.sampler or config.get('sampler', 'prior') or 'prior'
+  sampler = s.sampler  # for_run filled the run's own where s had none
   latent = config.model.latent_dim
   if sampler not in SAMPLERS:
     raise ValueError(f'config.sampler={sampler!r}: choose one of {SAMPLERS}.')
@@ -251,8 +252,7 @@ def _fit_sampler(run, s: EvalSettings, key: Array) -> tuple[Any, dict]:
     draw = lambda n, seed: np.asarray(
         jax.random.normal(jax.random.fold_in(key, seed), (n, latent)))
     return draw, {'sampler': 'prior', 'description': 'z ~ N(0, I)'}
-  components = s.gmm_components or config.get('gmm_components', 10)
-  covariance = s.gmm_covariance or config.get('gmm_covariance', 'full')
+  components, covariance = s.gmm_components, s.gmm_covariance
   train_images = input_pipeline.load_images(config.data, 'train', s.gmm_examples)
   z = _posterior_means(run, train_images, s.batch_size)
   t0 = time.time()
@@ -353,6 +353,9 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   """
   s = dataclasses.replace(settings or EvalSettings(), **overrides)
   problems = s.problems()
+  if not problems:  # then those of the run's own sampler fields
+    s = settings_lib.for_run(s, checkpoints.load_config(workdir))
+    problems = s.problems()
   if problems:
     raise ValueError('Evaluation settings: ' + '; '.join(problems) + '.')
   t0 = time.time()

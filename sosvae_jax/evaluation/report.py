@@ -19,6 +19,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from sosvae_jax import plotting
+from sosvae_jax import workdir as workdir_lib
 from sosvae_jax.evaluation import results as results_lib
 
 # (metrics key, column header); columns whose key no run has are left out.
@@ -65,13 +66,16 @@ def load_results(workdir: str, sampler: str | None = None) -> dict[str, Any]:
     raise FileNotFoundError(
         f'{path} not found: evaluate the run first with '
         f'{_evaluate_command(workdir, sampler)}.')
+  again = f'evaluate the run again with {_evaluate_command(workdir, sampler)}.'
   try:
     with open(path) as f:
-      return json.load(f)
+      results = json.load(f)
   except json.JSONDecodeError as e:  # e.g. an evaluation killed mid-write
-    raise ValueError(f'{path} is not valid JSON ({e}): evaluate the run again with '
-                     '`python -m experiments.main --mode=evaluate '
-                     f'--workdir={workdir}`.') from None
+    raise ValueError(f'{path} is not valid JSON ({e}): {again}') from None
+  if not isinstance(results, dict) or not isinstance(results.get('metrics'), dict):
+    raise ValueError(f'{path} holds no evaluation (no "metrics" object; edited by '
+                     f'hand?): {again}')
+  return results
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
@@ -182,7 +186,7 @@ def write_report(workdirs: Sequence[str], out_dir: str,
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ValueError(f'--out={out_dir!r} is a file, not a folder: pass a folder for '
                      'report.md and samples.png.')
-  os.makedirs(out_dir, exist_ok=True)
+  workdir_lib.make_folder(out_dir, '--out')
   paths = {'markdown': os.path.join(out_dir, 'report.md'),
            'png': os.path.join(out_dir, 'samples.png')}
   with open(paths['markdown'], 'w') as f:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping
 
 import ml_collections
 
+from sosvae_jax import config_checks
 from sosvae_jax.config_checks import SAMPLERS
 from sosvae_jax.evaluation import classifier as classifier_lib
 from sosvae_jax.evaluation import gmm as gmm_lib
@@ -78,6 +80,11 @@ class EvalSettings:
       out.append(f'sampler={self.sampler!r}: choose one of {SAMPLERS}')
     if self.gmm_components is not None and self.gmm_components < 1:
       out.append(f'gmm_components={self.gmm_components} must be >= 1')
+    elif (self.sampler == 'gmm' and self.gmm_components is not None
+          and self.gmm_examples >= 1 and self.gmm_components > self.gmm_examples):
+      out.append(f'gmm_components={self.gmm_components} is more than gmm_examples='
+                 f'{self.gmm_examples}, the posterior means the mixture is fitted to; '
+                 'fit more examples or use fewer components')
     if self.gmm_covariance is not None and self.gmm_covariance not in gmm_lib.COVARIANCE_TYPES:
       out.append(f'gmm_covariance={self.gmm_covariance!r}: choose one of '
                  f'{gmm_lib.COVARIANCE_TYPES}')
@@ -87,6 +94,18 @@ class EvalSettings:
                  f'download {inception.PYTORCH_FID_URL} and convert it with '
                  'scripts/convert_inception_weights.py')
     return out
+
+
+# Settings whose None means the run's own config field of the same name, and
+# that field's default for a config without it.
+_RUN_FIELDS = {'sampler': 'prior', 'gmm_components': 10, 'gmm_covariance': 'full'}
+
+
+def for_run(settings: EvalSettings, config: Mapping[str, Any]) -> EvalSettings:
+  """`settings` with each None that defers to the run's config filled from it."""
+  return dataclasses.replace(settings, **{
+      k: v if (v := getattr(settings, k)) is not None else config.get(k, default)
+      for k, default in _RUN_FIELDS.items()})
 
 
 # Settings whose default None defers to the run's config (or skips a metric):
@@ -121,3 +140,25 @@ def from_config(section: Mapping[str, Any] | None) -> EvalSettings:
   classifier = {k: tuple(v) if isinstance(v, list) else v
                 for k, v in dict(values.pop('classifier', None) or {}).items()}
   return EvalSettings(classifier=classifier_lib.ClassifierSettings(**classifier), **values)
+
+
+def section_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The problems of the settings a run's evaluation would use (its
+  config.evaluation, with the run's own sampler fields where that leaves
+  them None), as the config checker words them; empty when it can evaluate."""
+  try:
+    section = from_config(config.get('evaluation'))
+  except TypeError as e:  # an unknown field
+    fields = ', '.join(f.name for f in dataclasses.fields(EvalSettings))
+    return [f'config.evaluation: {e}; remove that field (the fields are {fields}).']
+  def where(problem: str) -> str:
+    field = re.match(r'\w+', problem).group()
+    from_run = field in _RUN_FIELDS and getattr(section, field) is None
+    return 'config.' if from_run else 'config.evaluation.'
+  return [f'{where(p)}{p}.' for p in for_run(section, config).problems()]
+
+
+def check_section(config: ml_collections.ConfigDict) -> None:
+  """ConfigError listing the problems of the run's evaluation settings: a run
+  is refused at its launch rather than at its evaluation, hours later."""
+  config_checks.raise_problems(section_problems(config))
