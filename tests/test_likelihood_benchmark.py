@@ -19,6 +19,9 @@ def test_tiny_run_prints_ratios_flops_and_accuracy(tmp_path):
   row = json.loads(out.read_text())['rows'][0]
   assert set(row['ratio_to_ours']) == {'autodiff', 'tfp', 'distrax_scale'}
   assert row['ours_gflops'] > 0 and 0 < row['ours_peak_share']
+  # The floor: the two batched matmuls alone, timed in the same rounds.
+  assert 'the two batched matmuls alone' in result.stdout
+  assert row['median_ms']['dots'] > 0 and row['dots_peak_share'] > 0 and row['ours_over_dots'] > 0
   # The same distribution: ours, autodiff and tfp agree with float64;
   # distrax's scale form is another distribution and does not.
   for method in ('ours', 'autodiff', 'tfp'):
