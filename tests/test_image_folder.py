@@ -89,8 +89,9 @@ def test_folder_source_needs_folder_dir():
 
 
 def test_check_config_accepts_a_good_folder_and_flags_centre_crop(tmp_path):
-  _write_png(tmp_path / 'a.png', shape=(28, 28, 1))
   config = default.get_config('smoke')
+  for i in range(config.batch_size):  # at least one batch of training images
+    _write_png(tmp_path / f'{i}.png', shape=(28, 28, 1))
   config.data.source, config.data.folder_dir = 'folder', str(tmp_path)
   config_checks.check_config(config, num_devices=1)
   config.data.centre_crop = 20
