@@ -21,7 +21,6 @@ from ml_collections import config_flags
 
 from experiments import cli
 from sosvae_jax import checkpoints
-from sosvae_jax import config_checks
 from sosvae_jax import distributed
 from sosvae_jax import dry_run
 from sosvae_jax import logs
@@ -87,15 +86,15 @@ def main(argv):
                          '--config=experiments/configs/default.py.', exitcode=cli.USER_ERROR)
   # The run's config.json carries its evaluation settings: refuse them now,
   # not when the trained run is evaluated.
-  eval_problems = settings.section_problems(FLAGS.config)
   if FLAGS.mode == 'check':
     report = dry_run.dry_run(FLAGS.config, FLAGS.workdir)
     print(report.text, flush=True)
-    if report.problems or eval_problems:
-      cli.fail('\n'.join(report.problems + eval_problems), cli.USER_ERROR)
+    problems = report.problems + settings.section_problems(FLAGS.config)
+    if problems:
+      cli.fail('\n'.join(problems), cli.USER_ERROR)
     return
   try:
-    config_checks.raise_problems(eval_problems)
+    settings.check_section(FLAGS.config)
     state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except cli.user_error_types() as e:
     cli.fail(str(e), cli.USER_ERROR)

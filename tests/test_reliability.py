@@ -285,10 +285,9 @@ _TWO_PROCESS_LOOP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize('interrupted', [(1,), (0, 1)], ids=['one process', 'all'])
-def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupted):
-  """Ctrl-C in one process of two (or in all, as a terminal sends it) is passed
-  to JAX's preemption notifier: both save the same step and exit cleanly."""
+def _two_process_setting() -> tuple[str, dict[str, str]]:
+  """A free localhost port for jax.distributed and the environment of two
+  one-device CPU processes."""
   import socket  # pylint: disable=import-outside-toplevel
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -296,6 +295,22 @@ def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupte
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
   env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                               if 'force_host_platform_device_count' not in f)
+  return port, env
+
+
+def _kill_hung(procs) -> None:
+  """A hung process must not outlive its test."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.communicate()
+
+
+@pytest.mark.parametrize('interrupted', [(1,), (0, 1)], ids=['one process', 'all'])
+def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupted):
+  """Ctrl-C in one process of two (or in all, as a terminal sends it) is passed
+  to JAX's preemption notifier: both save the same step and exit cleanly."""
+  port, env = _two_process_setting()
   procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_LOOP, str(pid), port,
                              str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for pid in range(2)]
@@ -308,10 +323,7 @@ def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupte
       procs[pid].send_signal(signal.SIGINT)
     logs = [p.communicate(timeout=120)[0] for p in procs]
   finally:
-    for p in procs:  # a hung peer must not outlive the test
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
+    _kill_hung(procs)
   for pid, (proc, log) in enumerate(zip(procs, logs)):
     assert proc.returncode == 0, f'process {pid}:\n{log[-3000:]}'
     assert 'KeyboardInterrupt' not in log
@@ -369,13 +381,7 @@ def test_ctrl_c_before_the_loop_of_a_multiprocess_run_stops_all_at_one_step(tmp_
   """Ctrl-C in one of two processes during the set-up: ending it alone would
   leave both hanging (the other in its first collective, this one in
   jax.distributed's shutdown); instead both save step 1 and exit 4."""
-  import socket  # pylint: disable=import-outside-toplevel
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = str(s.getsockname()[1])
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'force_host_platform_device_count' not in f)
+  port, env = _two_process_setting()
   procs = [subprocess.Popen(
       _main_interrupted_in_setup(SETUP_POINTS[-1] if pid == 1 else '-', tmp_path,
                                  f'--coordinator_address=localhost:{port}',
@@ -385,10 +391,7 @@ def test_ctrl_c_before_the_loop_of_a_multiprocess_run_stops_all_at_one_step(tmp_
   try:
     logs = [p.communicate(timeout=400)[0] for p in procs]
   finally:
-    for p in procs:  # a hung process must not outlive the test
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
+    _kill_hung(procs)
   for pid, (proc, log) in enumerate(zip(procs, logs)):
     assert proc.returncode == 4, f'process {pid}:\n{log[-3000:]}'
     assert 'Traceback' not in log and 'KeyboardInterrupt' not in log

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from sosvae_jax import input_pipeline
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = '--config=experiments/configs/default.py:smoke'
 
@@ -227,7 +229,7 @@ def test_config_json_edited_into_another_model_than_its_checkpoints(tmp_path):
                      'was config.json edited? Restore it')
 
 
-@pytest.mark.skipif(not os.path.exists('/usr/share/datasets/fashion-mnist'),
+@pytest.mark.skipif(not os.path.exists(input_pipeline.DEFAULT_IDX_DIR),
                     reason='Debian dataset-fashion-mnist not installed')
 def test_classifier_cache_that_cannot_be_created_stops_before_training_it(tmp_path):
   run = _untrained_run(tmp_path / 'run')
