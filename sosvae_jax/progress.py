@@ -7,7 +7,8 @@ import time
 from typing import Callable, TextIO
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """'1h02m03s' or '2m03s': how long, to the second."""
   seconds = int(max(seconds, 0))
   minutes, s = divmod(seconds, 60)
   hours, m = divmod(minutes, 60)
@@ -49,11 +50,11 @@ class Progress:
     self._last = now
     elapsed = now - self._start
     left = elapsed / max(count, 1) * (self._total - count) if count else 0.0
-    eta = '' if last or not count else f', ~{_duration(left)} left'
+    eta = '' if last or not count else f', ~{duration(left)} left'
     details = details() if callable(details) else details
     extra = f'  {details}' if details else ''
     self._print(f'{self._what}: {count}/{self._total}{extra}  '
-                f'({_duration(elapsed)}{eta})')
+                f'({duration(elapsed)}{eta})')
     if last:
       self._closed = True
 
@@ -63,4 +64,19 @@ class Progress:
       return
     self._closed = True
     extra = f': {summary}' if summary else ''
-    self._print(f'{self._what} done{extra} ({_duration(self._clock() - self._start)})')
+    self._print(f'{self._what} done{extra} ({duration(self._clock() - self._start)})')
+
+
+class StepRate:
+  """Steps per second since the previous reading, for a loop's log lines."""
+
+  def __init__(self, step: int, clock: Callable[[], float] = time.time):
+    self._clock = clock
+    self._step, self._time = step, clock()
+
+  def read(self, step: int) -> float:
+    """Steps per second from the previous reading (or the start) to `step`."""
+    now = self._clock()
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate

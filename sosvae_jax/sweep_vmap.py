@@ -25,6 +25,7 @@ from sosvae_jax import lagrangian
 from sosvae_jax import metric_writers
 from sosvae_jax import plateau
 from sosvae_jax import preemption
+from sosvae_jax import progress
 from sosvae_jax import sharding
 from sosvae_jax import snapshots
 from sosvae_jax import sweep
@@ -374,7 +375,7 @@ def _train_locked(points: Sequence[sweep.Point], devices,
         failed[i] = sweep.Outcome(sweep.NONFINITE, sweep.error_message(e))
 
   # ----------------------------------------------------------------- loop
-  t_log, step_log = time.time(), start_step
+  rate = progress.StepRate(start_step)
   pending = None
   with preemption.PreemptionWatch(managers[0]) as stop:
     # Logged once SIGTERM / SIGINT stop the loop cleanly.
@@ -391,9 +392,7 @@ def _train_locked(points: Sequence[sweep.Point], devices,
       pending = metrics['nonfinite_in_a_row']
       if step % config.log_every_steps == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)
-        now = time.time()
-        steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
-        t_log, step_log = now, step
+        steps_per_sec = rate.read(step)
         for i in live():
           writers[i].write(step, {**unstack(metrics, i), 'steps_per_sec': steps_per_sec})
         logging.info('step %d/%d, %d points: loss %s  %.1f steps/s', step,

@@ -26,6 +26,7 @@ from sosvae_jax import metric_writers
 from sosvae_jax import objectives
 from sosvae_jax import plateau
 from sosvae_jax import preemption
+from sosvae_jax import progress
 from sosvae_jax import sharding
 from sosvae_jax import snapshots
 from sosvae_jax import train_state as train_state_lib
@@ -285,13 +286,6 @@ def batch_diagnosis(config: ml_collections.ConfigDict, model: nn.Module,
       capacitance_jitter=observation.capacitance_jitter)
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
-
-
 def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
                   elapsed: float) -> None:
   """One progress line: step, loss, constraint values, speed, time left."""
@@ -303,7 +297,7 @@ def _log_progress(step: int, num_steps: int, metrics, steps_per_sec: float,
   logging.info('step %d/%d  loss %.4g  elbo %.1f  kl %.2f%s  %s  '
                '%.1f steps/s  elapsed %s  left %s%s', step, num_steps,
                metrics['loss'], metrics['elbo'], metrics['kl'], entropy,
-               mult, steps_per_sec, _format_duration(elapsed), _format_duration(eta),
+               mult, steps_per_sec, progress.duration(elapsed), progress.duration(eta),
                f'  skipped {skipped} non-finite steps' if skipped else '')
 
 
@@ -453,7 +447,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   logging.info('Training %s for %d steps (from step %d) on %d device(s); workdir %s',
                config.likelihood.name, config.num_steps, start_step,
                mesh.devices.size, workdir)
-  t_log, step_log = time.time(), start_step
+  rate = progress.StepRate(start_step)
   t_start = time.time()
   max_nonfinite = config.get('max_nonfinite_steps', 20)
   pending = None  # the previous step's skip counter, read one step late
@@ -467,12 +461,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
       pending = metrics['nonfinite_in_a_row']
       if step % config.log_every_steps == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)
-        now = time.time()
-        steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
-        t_log, step_log = now, step
+        steps_per_sec = rate.read(step)
         metrics['steps_per_sec'] = steps_per_sec
         writer.write(step, metrics)
-        _log_progress(step, config.num_steps, metrics, steps_per_sec, now - t_start)
+        _log_progress(step, config.num_steps, metrics, steps_per_sec, time.time() - t_start)
       if step % config.eval_every_steps == 0 or step == config.num_steps:
         results = evaluate(step)
         if watch.stalled(results['elbo']):

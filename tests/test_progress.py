@@ -32,6 +32,22 @@ def test_lines_are_throttled_and_close_with_the_total():
   assert len(out.getvalue().splitlines()) == 3
 
 
+def test_step_rate_counts_steps_since_the_previous_reading():
+  clock = _Clock()
+  clock.now = 100.0
+  rate = progress.StepRate(500, clock=clock)  # a resumed loop starts at 500
+  clock.now = 104.0
+  assert rate.read(540) == 10.0
+  clock.now = 105.0
+  assert rate.read(560) == 20.0
+
+
+def test_durations_read_in_minutes_or_hours():
+  assert progress.duration(-3) == '0m00s'
+  assert progress.duration(125.7) == '2m05s'
+  assert progress.duration(3 * 3600 + 62) == '3h01m02s'
+
+
 def test_em_fit_reports_iterations_and_convergence():
   rng = np.random.default_rng(0)
   z = np.concatenate([rng.normal(-3, 1, (200, 2)), rng.normal(3, 1, (200, 2))])
