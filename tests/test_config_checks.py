@@ -367,3 +367,6 @@ def test_evaluation_settings_a_run_would_use_are_checked_at_its_launch():
                    'gmm_components=10 is more than gmm_examples=2')
   with pytest.raises(ConfigError, match='config.evaluation.num_samples=1'):
     settings.check_section(_smoke(evaluation__num_samples=1))
+  _assert_mentions('\n'.join(settings.section_problems(_smoke(evaluation__mi_examples=1))),
+                   'config.evaluation.mi_examples=1: the MI estimate is bounded by')
+  assert not settings.section_problems(_smoke(evaluation__mi_examples=2))

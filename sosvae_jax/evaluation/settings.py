@@ -76,6 +76,10 @@ class EvalSettings:
         out.append(f'{name}={getattr(self, name)} must be >= 0 (0: all / skip)')
     if self.num_samples < 2:
       out.append(f'num_samples={self.num_samples}: FID needs at least 2 images')
+    if self.mi_examples == 1:
+      out.append('mi_examples=1: the MI estimate is bounded by log(mi_examples) = 0, so '
+                 'one posterior measures nothing; use 2 or more (the papers: 1000) or 0 '
+                 'to skip it')
     if self.sampler is not None and self.sampler not in SAMPLERS:
       out.append(f'sampler={self.sampler!r}: choose one of {SAMPLERS}')
     if self.gmm_components is not None and self.gmm_components < 1:
