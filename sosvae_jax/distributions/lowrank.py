@@ -20,7 +20,11 @@ i.e. as |u - W a*|^2 + |a*|^2, a sum of two non-negative terms. The textbook
 form |u|^2 - b^T C^-1 b subtracts two numbers of size |u|^2 and loses all
 precision in float32 when d is tiny (d = 1e-5 in the paper) and the residual
 lies mostly in the span of P; the ridge form is stationary in a, so errors of
-the solve enter only at second order.
+the solve enter only at second order: as (a - a*)^T C (a - a*), always
+lowering log_prob. Where C is ill-conditioned in float32 (tiny d and nearly
+parallel columns of P) its rounded Gram still moves a by enough for that to
+cost nats, so a gets one step of iterative refinement whose residual
+W^T y - a (y = u - W a) is computed from W rather than from the rounded C.
 
 distrax's MultivariateNormalDiagPlusLowRank is a different distribution: its
 low rank is on the scale (Sigma = S S^T with S = diag + U V^T), see
@@ -386,14 +390,30 @@ def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag, jitter):
   # Casts are no-ops without jitter; with it the solve ran in the wide dtype.
   a = _solve_capacitance(chol, gram[..., :rank, rank:])[..., 0].astype(z.dtype)  # (..., R)
   log_det = _log_det_from_cholesky(chol, cov_diag).astype(z.dtype)
-  chol = chol.astype(z.dtype)
   # Ridge form y = u - W a (module docstring): no cancellation for tiny d.
-  coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
-  y = _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
+  # Its value |y|^2 + |a|^2 exceeds the exact one by (a - a*)^T C (a - a*),
+  # and where C is ill-conditioned in its dtype (tiny d, nearly parallel
+  # columns of P) the rounding of its Gram moves a by much. One step of
+  # iterative refinement, its normal-equation residual W^T u - C a =
+  # W^T y - a computed from Z rather than from the rounded C, removes most
+  # of it; the backward pass reuses the refined a and y (without it an
+  # ill-conditioned C costs alpha three digits in float32).
+  y = _ridge_residual(z, a)  # (..., S)
+  w_t_y = _matmul('...sr,...s->...r', z, y)[..., :rank]  # (..., R)
+  step = _solve_capacitance(chol, (w_t_y - a)[..., None].astype(chol.dtype))[..., 0]
+  a = a + step.astype(z.dtype)
+  y = _ridge_residual(z, a)
+  chol = chol.astype(z.dtype)
   maha = jnp.sum(jnp.square(y), -1) + jnp.sum(jnp.square(a), -1)
   log_prob = -0.5 * (size * _LOG_2PI + log_det + maha)
   entropy = 0.5 * (size * (1.0 + _LOG_2PI) + log_det)
   return (log_prob, entropy), (z, inv_sqrt_d, y, a, chol, shrink)
+
+
+def _ridge_residual(z: Array, a: Array) -> Array:
+  """y = u - W a for Z = [W | u] [..., S, R+1] and a [..., R]: one product."""
+  coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
+  return _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -418,14 +438,6 @@ def _log_prob_entropy_backward(jitter, residuals, cotangents):
   rank = a.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(rank, dtype=z.dtype), chol.shape)
   cap_inv = _solve_capacitance(chol, eye)  # (..., R, R)
-  # One step of iterative refinement of a: its normal-equation residual
-  # W^T u - C a = W^T y - a is computed from W, not from the rounded C.
-  # The value is stationary in a, the gradient is not: without this step
-  # an ill-conditioned C (tiny d) costs alpha three digits in float32.
-  w_t_y = _matmul('...sr,...s->...r', z, y)[..., :rank]  # (..., R)
-  a = a + _matmul('...rq,...q->...r', cap_inv, w_t_y - a)
-  coeffs = jnp.concatenate([-a, jnp.ones_like(a[..., :1])], -1)  # (..., R+1)
-  y = _matmul('...sr,...r->...s', z, coeffs)  # (..., S)
   g_det = (g_h - g_lp)[..., None, None]  # weight of Sigma^-1 P
   g_lp_ = g_lp[..., None, None]
   # g_lp alpha a^T + g_det Sigma^-1 P = D^-1/2 [W | y] [[g_det C^-1], [g_lp a^T]]
