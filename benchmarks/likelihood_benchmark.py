@@ -33,7 +33,11 @@ implementation (checked against a dense scipy Cholesky at S = 784).
 
 JAX's own threading is left as is (XLA:CPU uses every core it is given);
 set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1' to pin it to one thread. The optional peers
+intra_op_parallelism_threads=1' to pin it to one thread. On 2 cores its
+multi-threaded runtime has been seen to deadlock (no CPU used, no return)
+in the timed calls at S = 3072 when tfp's program runs beside ours: a call
+that has not returned after --call_timeout seconds ends the run with exit
+code 3 and that advice, instead of waiting for ever. The optional peers
 need the `benchmarks` extra of pyproject.toml (torch, numpyro); a peer that
 is not installed is skipped and said so.
 """
@@ -47,6 +51,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -73,6 +78,8 @@ flags.DEFINE_integer('torch_threads', 1, 'torch.set_num_threads.')
 flags.DEFINE_integer('peak_size', 2048, 'Size n of the n^3 float32 matmul giving the peak.')
 flags.DEFINE_bool('quick', False, 'Short run: --repeats=5 unless given.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random inputs.')
+flags.DEFINE_float('call_timeout', 300.0, 'Seconds one call (compile, warm-up or timed) may '
+                   'take before the run is ended as stuck (exit code 3).')
 flags.DEFINE_string('out', None, 'JSON output; default benchmarks/results/likelihood_<platform>.json.')
 
 # Goals of the project (benchmarks/README.md).
@@ -225,14 +232,52 @@ def peak_case(n: int) -> Callable:
 # ----------------------------------------------------------------------------
 # Measuring.
 # ----------------------------------------------------------------------------
-def time_rounds(calls: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
-  """Seconds per call, one call of every method per round."""
+STUCK = 3  # exit code of a run ended by the call watchdog
+
+
+class Watchdog:
+  """Ends the process (exit code STUCK, one message) when the code inside a
+  `with Watchdog(what, seconds)` block has not finished after `seconds`.
+
+  A jitted call blocked in a deadlocked XLA:CPU runtime never returns and
+  never raises, so the timer thread is the only one that can act.
+  """
+
+  def __init__(self, what: str, seconds: float):
+    self._what, self._seconds = what, seconds
+    self._timer = None
+
+  def _fire(self) -> None:
+    sys.stderr.write(
+        f'\nStuck: {self._what} has not returned after {self._seconds:g} s. XLA:CPU\'s '
+        'multi-threaded runtime can deadlock on few cores; rerun with XLA_FLAGS='
+        '"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1", or without '
+        'this method (--methods), or raise --call_timeout if the machine is merely slow.\n')
+    sys.stderr.flush()
+    os._exit(STUCK)  # the main thread is blocked inside the runtime
+
+  def __enter__(self):
+    self._timer = threading.Timer(self._seconds, self._fire)
+    self._timer.daemon = True
+    self._timer.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._timer.cancel()
+
+
+def time_rounds(calls: dict[str, Callable], repeats: int,
+                timeout: float | None = None) -> dict[str, list[float]]:
+  """Seconds per call, one call of every method per round; a call that
+  takes longer than `timeout` seconds (default --call_timeout) ends the run."""
+  timeout = FLAGS.call_timeout if timeout is None else timeout
   times = {m: [] for m in calls}
-  for _ in range(repeats):
+  for r in range(repeats):
     for method, call in calls.items():
-      t0 = time.perf_counter()
-      call()
-      times[method].append(time.perf_counter() - t0)
+      with Watchdog(f'{method} (round {r + 1})', timeout):
+        t0 = time.perf_counter()
+        call()
+        times[method].append(time.perf_counter() - t0)
   return times
 
 
@@ -249,7 +294,10 @@ def measure_shape(size: int, batch: int, methods: list[str], peak: Callable) -> 
   rank = FLAGS.rank
   inputs = make_inputs(batch, size, rank, FLAGS.seed)
   reference = reference_float64(**inputs)
-  calls = {m: build_case(m, inputs) for m in methods}
+  calls = {}
+  for m in methods:
+    with Watchdog(f'compiling and warming up {m} at S={size} B={batch}', FLAGS.call_timeout):
+      calls[m] = build_case(m, inputs)
   row = {'size': size, 'batch': batch, 'rank': rank,
          'accuracy': {m: accuracy(call(), reference) for m, call in calls.items()}}
   times = time_rounds({**calls, 'peak': peak, 'dots': dots_case(batch, size, rank)},

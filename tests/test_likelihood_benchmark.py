@@ -30,3 +30,21 @@ def test_tiny_run_prints_ratios_flops_and_accuracy(tmp_path):
   # The float64 reference itself agrees with a dense scipy Cholesky.
   check = float(result.stdout.split('dense scipy, S=784): ')[1].split()[0])
   assert check < 1e-10
+
+
+def test_a_stuck_call_ends_the_run_with_its_name_and_the_advice():
+  """A deadlocked XLA:CPU call never returns: the watchdog ends the run."""
+  script = (
+      'import sys, time\n'
+      f'sys.path.insert(0, {os.path.join(ROOT, "benchmarks")!r})\n'
+      'import likelihood_benchmark as lb\n'
+      'lb.FLAGS(["lb"])\n'
+      'print(lb.time_rounds({"quick": lambda: None}, 2, timeout=5.0))\n'
+      'lb.time_rounds({"stuck": lambda: time.sleep(60)}, 1, timeout=0.5)\n'
+      'print("not reached")\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert "{'quick': [" in result.stdout and 'not reached' not in result.stdout
+  assert 'Stuck: stuck (round 1) has not returned after 0.5 s' in result.stderr
+  assert 'XLA_FLAGS="--xla_cpu_multi_thread_eigen=false' in result.stderr
