@@ -28,7 +28,6 @@ over one process per point, and writes them to --out (JSON) when given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -39,9 +38,20 @@ import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'experiments/configs/sigma_vae/beta_vae.py'
 MODES = ('vmap', 'loop', 'sequential', 'processes')
+
+flags.DEFINE_integer('points', 8, 'Beta-VAE points (KL weights) of the sweep.', lower_bound=1)
+flags.DEFINE_integer('steps', 50, 'Training steps of every point.', lower_bound=1)
+flags.DEFINE_integer('eval_examples', 512, 'Test images of the one evaluation.', lower_bound=1)
+flags.DEFINE_integer('rounds', 1, 'Rounds, each timing every mode once.', lower_bound=1)
+flags.DEFINE_bool('smoke', False, 'The :smoke network (tests).')
+flags.DEFINE_string('out', '', 'Write the results here (JSON).')
+FLAGS = flags.FLAGS
 
 
 def betas(num: int) -> list[float]:
@@ -86,15 +96,8 @@ def time_mode(mode: str, args) -> float:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--points', type=int, default=8)
-  parser.add_argument('--steps', type=int, default=50)
-  parser.add_argument('--eval_examples', type=int, default=512)
-  parser.add_argument('--rounds', type=int, default=1)
-  parser.add_argument('--smoke', action='store_true', help='the :smoke network (tests)')
-  parser.add_argument('--out', default='', help='write the results here (JSON)')
-  args = parser.parse_args(argv)
+def run(args) -> dict:
+  """Times every mode in rounds, prints the table, writes --out; the results."""
   times = {m: [] for m in MODES}
   for r in range(args.rounds):
     for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
@@ -115,5 +118,11 @@ def main(argv=None) -> dict:
   return result
 
 
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  run(FLAGS)
+
+
 if __name__ == '__main__':
-  main()
+  app.run(main)
