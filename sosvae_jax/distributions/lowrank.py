@@ -390,14 +390,9 @@ def _log_prob_entropy_forward(x, loc, cov_factor, cov_diag, jitter):
   # Casts are no-ops without jitter; with it the solve ran in the wide dtype.
   a = _solve_capacitance(chol, gram[..., :rank, rank:])[..., 0].astype(z.dtype)  # (..., R)
   log_det = _log_det_from_cholesky(chol, cov_diag).astype(z.dtype)
-  # Ridge form y = u - W a (module docstring): no cancellation for tiny d.
-  # Its value |y|^2 + |a|^2 exceeds the exact one by (a - a*)^T C (a - a*),
-  # and where C is ill-conditioned in its dtype (tiny d, nearly parallel
-  # columns of P) the rounding of its Gram moves a by much. One step of
-  # iterative refinement, its normal-equation residual W^T u - C a =
-  # W^T y - a computed from Z rather than from the rounded C, removes most
-  # of it; the backward pass reuses the refined a and y (without it an
-  # ill-conditioned C costs alpha three digits in float32).
+  # Ridge form y = u - W a, and one step of iterative refinement of a with
+  # its residual W^T u - C a = W^T y - a taken from Z, not from the rounded
+  # C (module docstring); the backward pass reuses the refined a and y.
   y = _ridge_residual(z, a)  # (..., S)
   w_t_y = _matmul('...sr,...s->...r', z, y)[..., :rank]  # (..., R)
   step = _solve_capacitance(chol, (w_t_y - a)[..., None].astype(chol.dtype))[..., 0]
