@@ -1,4 +1,4 @@
-"""The import floors of design.md hold (import-linter contracts in pyproject.toml)."""
+"""The import floors of docs/architecture.md hold (import-linter contracts in pyproject.toml)."""
 
 import os
 import pathlib

@@ -28,7 +28,7 @@ W^T y - a (y = u - W a) is computed from W rather than from the rounded C.
 
 distrax's MultivariateNormalDiagPlusLowRank is a different distribution: its
 low rank is on the scale (Sigma = S S^T with S = diag + U V^T), see
-design.md.
+docs/architecture.md.
 
 Capacitance jitter (opt-in, `capacitance_jitter`): jnp.linalg.cholesky returns
 NaN silently where C, rounded to float32, is not positive definite (P far
