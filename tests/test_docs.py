@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 README_MAX_LINES = 250
 # Notes kept outside the repository, which a clone does not hold (the
 # strings are split so that this file does not cite them itself).
-OUTSIDE_NOTES = ('design' + '.md', '..' + '/shared')
+OUTSIDE_NOTES = ('design' + '.md', '../' + 'shared')
 SKIPPED_FOLDERS = {'.git', '.venv', 'runs', '__pycache__', 'node_modules'}
 
 FENCE = re.compile(r'^\s*(```|~~~)')
