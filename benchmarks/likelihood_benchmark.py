@@ -66,6 +66,7 @@ import scipy.stats
 
 # Run from a checkout without installing: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import cli
 from sosvae_jax.distributions import lowrank
 
 FLAGS = flags.FLAGS
@@ -80,7 +81,7 @@ flags.DEFINE_bool('quick', False, 'Short run: --repeats=5 unless given.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random inputs.')
 flags.DEFINE_float('call_timeout', 300.0, 'Seconds one call (compile, warm-up or timed) may '
                    'take before the run is ended as stuck (exit code 3).')
-flags.DEFINE_string('out', None, 'JSON output; default benchmarks/results/likelihood_<platform>.json.')
+cli.DEFINE_path('out', None, 'JSON output; default benchmarks/results/likelihood_<platform>.json.')
 
 # Goals of the project (benchmarks/README.md).
 GOALS = {'torch': 2.5, 'tfp': 4.0}

@@ -44,6 +44,7 @@ import numpy as np
 
 # Run from a checkout without installing: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import cli  # pylint: disable=g-import-not-at-top
 from sosvae_jax.distributions import structured  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -54,8 +55,8 @@ flags.DEFINE_integer('repeats', 7, 'Timed calls per case; the median is reported
 flags.DEFINE_list('methods', ['conv', 'dense_factor', 'dense_precision'],
                   'Which implementations to time.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random parameters.')
-flags.DEFINE_string('out', None, 'JSON output; default '
-                    'benchmarks/results/structured_<platform>.json.')
+cli.DEFINE_path('out', None, 'JSON output; default '
+                'benchmarks/results/structured_<platform>.json.')
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -41,6 +41,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'experiments/configs/sigma_vae/beta_vae.py'
 MODES = ('vmap', 'loop', 'sequential', 'processes')
@@ -50,7 +52,7 @@ flags.DEFINE_integer('steps', 50, 'Training steps of every point.', lower_bound=
 flags.DEFINE_integer('eval_examples', 512, 'Test images of the one evaluation.', lower_bound=1)
 flags.DEFINE_integer('rounds', 1, 'Rounds, each timing every mode once.', lower_bound=1)
 flags.DEFINE_bool('smoke', False, 'The :smoke network (tests).')
-flags.DEFINE_string('out', '', 'Write the results here (JSON).')
+cli.DEFINE_path('out', '', 'Write the results here (JSON).')
 FLAGS = flags.FLAGS
 
 

@@ -69,6 +69,7 @@ import numpy as np
 
 # Run from a checkout without installing: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import cli
 from experiments.configs import common
 from sosvae_jax import input_pipeline
 from sosvae_jax import objectives
@@ -92,8 +93,8 @@ flags.DEFINE_integer('factor_basis', None, 'likelihood.factor_basis of the SOS-V
                      '128: P from a learned basis, experiments/configs/sos_basis.py).')
 flags.DEFINE_bool('quick', False, 'CPU settings: --repeats=5 --pipeline_steps=30, and at '
                   '64x64x3 only the two likelihoods of the target.')
-flags.DEFINE_string('out', None, 'JSON output; default '
-                    'benchmarks/results/train_step_<platform>.json.')
+cli.DEFINE_path('out', None, 'JSON output; default '
+                'benchmarks/results/train_step_<platform>.json.')
 
 BASELINE = 'diagonal_gaussian'  # the beta-VAE of sosvae_tmlr2022.txt section 4.1
 SOS_VAE = 'lowrank_gaussian'

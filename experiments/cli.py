@@ -19,17 +19,110 @@ Exit codes (a scheduler or a script can tell these apart):
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from typing import Sequence
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 USER_ERROR = 2
 NON_FINITE = 3
 STOPPED_EARLY = 4
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd process
+
+
+# The DEFINE_* below are the calling entry point's flags (its --helpshort).
+flags.disclaim_key_flags()
+
+# Path flags whose `~` their parser expanded, as given ('--workdir', '~/x'):
+# logged by parse_flags once logging is set up.
+_EXPANDED: list[tuple[str, str]] = []
+
+
+def _expand(flag: str, path: str) -> str:
+  """`path` with `~` expanded, noted in _EXPANDED if it had one."""
+  resolved = os.path.expanduser(path)
+  if resolved != path:
+    _EXPANDED.append((flag, path))
+  return resolved
+
+
+class _PathParser(flags.ArgumentParser):
+  """A path with `~` expanded: the shell expands it in `--workdir ~/x` but
+  leaves `--workdir=~/x` alone, which would make a folder named `~`."""
+
+  def __init__(self, name: str):
+    self._flag = f'--{name}'
+
+  def parse(self, argument: str) -> str:
+    return _expand(self._flag, argument)
+
+  def flag_type(self) -> str:
+    return 'path'
+
+
+class _PathListParser(flags.ListParser):
+  """Comma-separated paths, each with `~` expanded (see _PathParser)."""
+
+  def __init__(self, name: str):
+    super().__init__()
+    self._flag = f'--{name}'
+
+  def parse(self, argument: str | list[str]) -> list[str]:
+    return [_expand(self._flag, p) for p in super().parse(argument)]
+
+  def flag_type(self) -> str:
+    return 'comma separated list of paths'
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """config_flags' parser of a config file argument (file.py:arg), given the
+  path with `~` expanded (see _PathParser)."""
+
+  def __init__(self, name: str, parser: flags.ArgumentParser):
+    self._flag = f'--{name}'
+    self._parser = parser
+
+  def parse(self, argument: str):
+    return self._parser.parse(_expand(self._flag, argument))
+
+  def flag_type(self) -> str:
+    return self._parser.flag_type()
+
+
+def DEFINE_path(name: str, default: str | None, help_string: str,  # pylint: disable=invalid-name
+                **kwargs) -> flags.FlagHolder:
+  """A string flag holding a file or folder path, `~` expanded."""
+  return flags.DEFINE(_PathParser(name), name, default, help_string,
+                      serializer=flags.ArgumentSerializer(), **kwargs)
+
+
+def DEFINE_path_list(name: str, default: list[str] | None, help_string: str,  # pylint: disable=invalid-name
+                     **kwargs) -> flags.FlagHolder:
+  """A comma-separated list of paths, each `~` expanded."""
+  return flags.DEFINE(_PathListParser(name), name, default, help_string,
+                      serializer=flags.CsvListSerializer(','), **kwargs)
+
+
+def DEFINE_config_file(name: str, help_string: str) -> flags.FlagHolder:  # pylint: disable=invalid-name
+  """config_flags.DEFINE_config_file (locked config, --NAME.field overrides)
+  whose file path has `~` expanded."""
+  holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  flags.FLAGS[name].parser = _ConfigFileParser(name, flags.FLAGS[name].parser)
+  return holder
+
+
+def _log_expanded() -> None:
+  """Sets up logging, then logs the folder each `~` of a path flag led to."""
+  from sosvae_jax import logs  # pylint: disable=g-import-not-at-top
+  from sosvae_jax import paths  # pylint: disable=g-import-not-at-top
+  logs.setup()
+  for flag, path in _EXPANDED:
+    paths.expand_user(path, flag)
+  _EXPANDED.clear()
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -112,7 +205,8 @@ def _config_file_error(argv: Sequence[str], error: BaseException) -> str | None:
   if not given:
     return None
   from sosvae_jax import config_checks  # pylint: disable=g-import-not-at-top
-  where = config_checks.failure_in_file(error, given[-1].partition(':')[0])
+  where = config_checks.failure_in_file(
+      error, os.path.expanduser(given[-1].partition(':')[0]))
   if where is None:
     return None
   return (f'--config={given[-1]}: the config file fails at {where}; fix the file, or '
@@ -145,6 +239,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     remaining = flags.FLAGS(argv)
     message = _config_load_error()
     if message is None:
+      _log_expanded()
       return remaining
   except flags.Error as e:
     message = _flag_error_text(e)

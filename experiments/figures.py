@@ -19,8 +19,8 @@ from sosvae_jax import logs
 from sosvae_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Workdir of a training run (config.json, checkpoints/).')
-flags.DEFINE_string('out', None, 'Output folder; default WORKDIR/paper_figures.')
+cli.DEFINE_path('workdir', None, 'Workdir of a training run (config.json, checkpoints/).')
+cli.DEFINE_path('out', None, 'Output folder; default WORKDIR/paper_figures.')
 flags.DEFINE_integer('seed', 0, 'Seed of the prior samples and the noises.')
 flags.DEFINE_integer('num_samples', 8, 'Prior samples (columns of Figure 2).', lower_bound=1)
 flags.DEFINE_integer('example', 0, 'Prior sample (column of Figure 2) used by Figures 4-6.',

@@ -17,7 +17,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from experiments import cli
 from sosvae_jax import checkpoints
@@ -28,10 +27,8 @@ from sosvae_jax import train
 from sosvae_jax.evaluation import settings
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'Config file, optionally with an argument: file.py:smoke.',
-    lock_config=True)
-flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figures.')
+cli.DEFINE_config_file('config', 'Config file, optionally with an argument: file.py:smoke.')
+cli.DEFINE_path('workdir', None, 'Folder for checkpoints, metrics and figures.')
 flags.mark_flags_as_required(['workdir'])
 # --mode=evaluate: metrics of the workdir's latest checkpoint -> workdir/eval/
 # (sosvae_jax/evaluation/evaluate.py). The model comes from the workdir; the

@@ -15,8 +15,8 @@ from absl import flags
 from experiments import cli
 from sosvae_jax.evaluation import report
 
-_WORKDIRS = flags.DEFINE_list('workdirs', None, 'Evaluated run folders, comma-separated.')
-_OUT = flags.DEFINE_string('out', None, 'Folder for report.md and samples.png.')
+_WORKDIRS = cli.DEFINE_path_list('workdirs', None, 'Evaluated run folders, comma-separated.')
+_OUT = cli.DEFINE_path('out', None, 'Folder for report.md and samples.png.')
 _NAMES = flags.DEFINE_list('names', None, 'Row names (default: folder names).')
 _SAMPLER = flags.DEFINE_enum('sampler', None, ['prior', 'gmm'],
                              "Show every run's evaluation with this latent sampler "

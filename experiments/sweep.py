@@ -31,14 +31,12 @@ from sosvae_jax import sweep_vmap  # pylint: disable=unused-import (registers --
 from sosvae_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'Base config file, optionally with an argument: file.py:smoke.',
-    lock_config=True)
-flags.DEFINE_string('workdir', None, 'Sweep folder: sweep.json, tables, one folder per point.')
+cli.DEFINE_config_file('config', 'Base config file, optionally with an argument: file.py:smoke.')
+cli.DEFINE_path('workdir', None, 'Sweep folder: sweep.json, tables, one folder per point.')
 flags.DEFINE_multi_string('grid', [], 'FIELD=V1,V2,...: a swept config field; several '
                           '--grid flags give their product.')
-flags.DEFINE_string('sweep', None, 'Sweep file (file.py or file.py:arg) whose get_sweep() '
-                    'returns a list of override dicts; combined with --grid as a product.')
+cli.DEFINE_path('sweep', None, 'Sweep file (file.py or file.py:arg) whose get_sweep() '
+                'returns a list of override dicts; combined with --grid as a product.')
 flags.DEFINE_enum('mode', 'sequential', ['print', *sweep.ENGINES],
                   'print: one command per point; otherwise the engine that trains.')
 flags.DEFINE_integer('index', None, 'Run (or print) only the point of this index.')

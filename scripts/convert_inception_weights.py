@@ -23,11 +23,12 @@ from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import cli  # pylint: disable=g-import-not-at-top
 from sosvae_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
 
-_INPUT = flags.DEFINE_string('input', None, f'{inception.PYTORCH_FID_FILE} (or a '
-                             'state dict saved as .npz).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the converted .npz.')
+_INPUT = cli.DEFINE_path('input', None, f'{inception.PYTORCH_FID_FILE} (or a '
+                         'state dict saved as .npz).')
+_OUTPUT = cli.DEFINE_path('output', None, 'Where to write the converted .npz.')
 flags.mark_flags_as_required(['input', 'output'])
 
 

@@ -345,7 +345,7 @@ def _check_entropy_target(config) -> list[str]:
 def _check_idx(config) -> list[str]:
   data = config.data
   problems, missing = [], []
-  directory = data.get('idx_dir', input_pipeline.DEFAULT_IDX_DIR)
+  directory = input_pipeline.data_folder(data, 'idx_dir')
   for field in ('train_split', 'eval_split'):
     split = data.get(field)
     if split not in input_pipeline.IDX_FILES:
@@ -382,7 +382,7 @@ def _check_tfds(config) -> list[str]:
 
 def _check_folder(config) -> list[str]:
   data = config.data
-  folder_dir = data.get('folder_dir')
+  folder_dir = input_pipeline.data_folder(data, 'folder_dir')
   if not folder_dir:
     return [_problem('data.folder_dir', folder_dir, "source 'folder' reads its images "
                      'from this folder', 'set --config.data.folder_dir to a folder of images')]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -25,10 +26,11 @@ class DryRun(NamedTuple):
 
 def _dataset_lines(data) -> list[str]:
   """Source, location and images per split; a line saying why for each missing split."""
-  where = {'idx': lambda: data.get('idx_dir', input_pipeline.DEFAULT_IDX_DIR),
+  folder = functools.partial(input_pipeline.data_folder, data)
+  where = {'idx': lambda: folder('idx_dir'),
            'tfds': lambda: (f'tfds {data.get("name", "?")} in '
-                            f'{data.get("tfds_data_dir", None) or "the default tfds folder"}'),
-           'folder': lambda: data.get('folder_dir', None)}
+                            f'{folder("tfds_data_dir") or "the default tfds folder"}'),
+           'folder': lambda: folder('folder_dir')}
   lines = [f'dataset: source={data.source}, '
            f'{where.get(data.source, lambda: "?")()}, image shape '
            f'{tuple(data.image_shape)}']

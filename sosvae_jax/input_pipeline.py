@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from sosvae_jax import paths
+
 Array = jax.Array
 
 DEFAULT_IDX_DIR = '/usr/share/datasets/fashion-mnist'
@@ -38,6 +40,8 @@ IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
+# config.data's folder fields and their defaults (None: unset).
+FOLDER_FIELDS = {'idx_dir': DEFAULT_IDX_DIR, 'tfds_data_dir': None, 'folder_dir': None}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -47,6 +51,17 @@ class DataNotFoundError(FileNotFoundError):
 class DataError(ValueError):
   """A data file exists but cannot be used (corrupt, truncated, wrong size);
   the message names the file and says what to do."""
+
+
+def data_folder(data_cfg, field: str) -> str | None:
+  """config.data.<field> (a key of FOLDER_FIELDS) with `~` expanded; its
+  default where the config lacks the field.
+
+  Every reader of these fields goes through here: a config value passes no
+  shell, so `~/data` would otherwise be a folder named `~`.
+  """
+  value = data_cfg.get(field, FOLDER_FIELDS[field])
+  return paths.expand_user(value, f'config.data.{field}') if value else value
 
 
 # ----------------------------------------------------------------------------
@@ -121,7 +136,7 @@ def load_idx_images(directory: str, split: str) -> np.ndarray:
 def _tfds_data_source(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   # tfds signals "not prepared" in many ways; KeyError is an empty splits
   # list, e.g. no ~/tensorflow_datasets at all.
   except (NotImplementedError, FileNotFoundError, AssertionError, ValueError,
@@ -290,7 +305,7 @@ def get_source(data_cfg, split: str):
   """
   split_name = data_cfg.train_split if split == 'train' else data_cfg.eval_split
   if data_cfg.source == 'idx':
-    directory = data_cfg.get('idx_dir', DEFAULT_IDX_DIR)
+    directory = data_folder(data_cfg, 'idx_dir')
     images = load_idx_images(directory, split_name)
     if tuple(images.shape[1:]) != tuple(data_cfg.image_shape):
       raise DataError(
@@ -305,10 +320,10 @@ def get_source(data_cfg, split: str):
       raise ValueError(f'config.data.name={data_cfg.name!r}: choose one of '
                        f'{TFDS_DATASETS} for source=tfds.')
     source = _tfds_data_source(data_cfg.name, split_name,
-                               data_cfg.get('tfds_data_dir', None) or None)
+                               data_folder(data_cfg, 'tfds_data_dir'))
     return _TfdsImages(source, data_cfg.image_shape, data_cfg.get('centre_crop', None))
   if data_cfg.source == 'folder':
-    folder_dir = data_cfg.get('folder_dir', None)
+    folder_dir = data_folder(data_cfg, 'folder_dir')
     if not folder_dir:
       raise ValueError("config.data.source='folder' needs config.data.folder_dir "
                        "(a folder of images); set it, or choose 'idx' or 'tfds'.")

@@ -31,7 +31,7 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
     if split_name not in input_pipeline.IDX_FILES:
       raise ValueError(f'IDX split {split_name!r}: choose one of '
                        f'{sorted(input_pipeline.IDX_FILES)}.')
-    path = os.path.join(data_cfg.get('idx_dir', input_pipeline.DEFAULT_IDX_DIR),
+    path = os.path.join(input_pipeline.data_folder(data_cfg, 'idx_dir'),
                         input_pipeline.IDX_FILES[split_name][1])
     try:
       labels = input_pipeline.read_idx(path)
@@ -43,7 +43,7 @@ def load_labels(data_cfg, split: str) -> np.ndarray:
     return labels.astype(np.int32)
   if data_cfg.source == 'tfds':
     source = input_pipeline._tfds_data_source(  # pylint: disable=protected-access
-        data_cfg.name, split_name, data_cfg.get('tfds_data_dir', None) or None)
+        data_cfg.name, split_name, input_pipeline.data_folder(data_cfg, 'tfds_data_dir'))
     if len(source) and 'label' not in source[0]:
       raise ValueError(f'tfds dataset {data_cfg.name!r} has no label feature; '
                        'classifier FID needs class labels.')

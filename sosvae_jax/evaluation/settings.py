@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from sosvae_jax import config_checks
+from sosvae_jax import paths
 from sosvae_jax.config_checks import SAMPLERS
 from sosvae_jax.evaluation import classifier as classifier_lib
 from sosvae_jax.evaluation import gmm as gmm_lib
@@ -64,6 +65,12 @@ class EvalSettings:
   structure_examples: int = 1000
   seed: int = 0
 
+  def __post_init__(self):
+    # Read from a config: no shell expanded their `~`.
+    for name in ('classifier_cache_dir', 'inception_weights'):
+      if value := getattr(self, name):
+        object.__setattr__(self, name, paths.expand_user(value, f'config.evaluation.{name}'))
+
   def problems(self) -> list[str]:
     """Messages for settings that cannot work (empty when all is well)."""
     out = []
@@ -92,8 +99,7 @@ class EvalSettings:
     if self.gmm_covariance is not None and self.gmm_covariance not in gmm_lib.COVARIANCE_TYPES:
       out.append(f'gmm_covariance={self.gmm_covariance!r}: choose one of '
                  f'{gmm_lib.COVARIANCE_TYPES}')
-    if self.inception_weights and not os.path.exists(
-        os.path.expanduser(self.inception_weights)):
+    if self.inception_weights and not os.path.exists(self.inception_weights):
       out.append(f'inception_weights={self.inception_weights!r} does not exist; '
                  f'download {inception.PYTORCH_FID_URL} and convert it with '
                  'scripts/convert_inception_weights.py')
