@@ -9,7 +9,10 @@ import time
 from typing import Any, Mapping
 
 from absl import logging
+from flax import traverse_util
 import numpy as np
+
+from sosvae_jax import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -101,6 +104,18 @@ class MetricWriter:
       if k not in ('step', 'split') and isinstance(v, (int, float)):
         self._board().add_scalar(f'{split}/{k}', v, int(step))
 
+  def write_hparams(self) -> None:
+    """The run's row in TensorBoard's HPARAMS tab (see _session_start), written
+    at the start of every launch, after drop_after.
+
+    Every launch writes the same row (run_hparams: config.json), so a resumed
+    run adds nothing new and one killed before its first flush loses nothing.
+    """
+    if self._enabled:
+      board = self._board()
+      board.file_writer.add_summary(_session_start(run_hparams(self._workdir)), 0)
+      board.flush()
+
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """image: uint8 [H, W, 3]."""
     if self._enabled:
@@ -128,12 +143,36 @@ def flat_scalars(tree: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
   return out
 
 
-def write_run_summary(workdir: str, step: int, hparams: Mapping[str, Any],
-                      results: Mapping[str, Any], tag: str = 'eval') -> None:
-  """Evaluation results as TensorBoard scalars plus one hparams-plugin entry.
+def run_hparams(workdir: str) -> dict[str, bool | int | float | str]:
+  """A run's config.json under dotted names, values as the hparams plugin takes
+  them: the first launch's config, the one record that no launch rewrites."""
+  flat = traverse_util.flatten_dict(workdir_lib.read_config_file(workdir), sep='.')
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
-  `hparams`: the config's leaf values (flattened dotted names, strings and
-  numbers); `results`: nested dict of metrics (every finite number is kept).
+
+def _session_start(hparams: Mapping[str, Any]):
+  """The hparams plugin's session-start summary: it makes the event folder
+  it is written to a row of TensorBoard's HPARAMS tab, whose metrics are that
+  folder's scalars (the in-loop eval/*, the evaluation's eval/SAMPLER/*).
+
+  No experiment summary goes with it: TensorBoard takes the tab's columns
+  from the first one it finds in any run and never updates them, so one
+  written at training start would hide the evaluation's metrics and other
+  runs' fields; without one it gathers the columns from every row. Of
+  several session starts in one folder it keeps the first.
+  """
+  from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+  _, start, _ = hparams_summary(hparams, {})
+  return start
+
+
+def write_run_summary(workdir: str, step: int, results: Mapping[str, Any],
+                      tag: str = 'eval') -> None:
+  """Evaluation results as TensorBoard scalars of the run at `step`, in the
+  run's HPARAMS row (written again, as at training start: a run trained
+  without one gets it here).
+
+  `results`: nested dict of metrics (every finite number is kept).
   """
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   scalars = flat_scalars(results)
@@ -144,10 +183,7 @@ def write_run_summary(workdir: str, step: int, hparams: Mapping[str, Any],
   with SummaryWriter(board, filename_suffix=f'.{stamp}') as tb:
     for name, value in scalars.items():
       tb.add_scalar(f'{tag}/{name}', value, int(step))
-    values = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-              for k, v in hparams.items()}
-    tb.add_hparams(values, {f'hparam/{k}': v for k, v in scalars.items()},
-                   name=os.path.join('hparams', stamp), global_step=int(step))
+    tb.file_writer.add_summary(_session_start(run_hparams(workdir)), 0)
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:

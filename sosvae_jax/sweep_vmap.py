@@ -346,6 +346,7 @@ def _train_locked(points: Sequence[sweep.Point], devices,
   writers = [metric_writers.MetricWriter(p.workdir) for p in points]
   for w in writers:
     w.drop_after(start_step)
+    w.write_hparams()
   watches = [plateau.PlateauWatch(c.likelihood) for c in configs]
   failed: list[sweep.Outcome | None] = [None] * len(points)
   live = lambda: [i for i in range(len(points)) if failed[i] is None]

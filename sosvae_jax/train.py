@@ -412,6 +412,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   writer = metric_writers.MetricWriter(workdir, enabled=is_main)
   # Steps logged after the checkpoint we resume from will be logged again.
   writer.drop_after(start_step)
+  writer.write_hparams()
 
   def evaluate(step):
     variables = model_variables(state.params, state.model_state)

@@ -126,7 +126,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[s
           if a.get(k, missing) != b.get(k, missing)}
 
 
-def _read_config_file(workdir: str) -> dict[str, Any]:
+def read_config_file(workdir: str) -> dict[str, Any]:
   """config.json of a run, or WorkdirError naming the damage."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
@@ -153,7 +153,7 @@ def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]
   new = json.loads(config_json)
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    changes = config_differences(_read_config_file(workdir), new)
+    changes = config_differences(read_config_file(workdir), new)
   else:
     with open(path, 'w', encoding='utf-8') as f:
       f.write(config_json)
@@ -168,7 +168,7 @@ def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]
 
 def effective_config(workdir: str) -> dict[str, Any]:
   """The config of the latest launch: config.json with every recorded change."""
-  config = _read_config_file(workdir)
+  config = read_config_file(workdir)
   path = os.path.join(workdir, LAUNCHES_FILE)
   latest = {}
   if os.path.exists(path):

@@ -1,30 +1,18 @@
 """metrics.jsonl survives a torn last line; TensorBoard hides repeated steps."""
 
-import glob
 import json
-import os
-import struct
 
 import pytest
 from tensorboardX.proto import event_pb2
+import train_fixtures
 
 from sosvae_jax import metric_writers
+from sosvae_jax import workdir as workdir_lib
 
 
 def _events(workdir):
-  """Every Event in the TensorBoard files under workdir (TFRecord framing)."""
-  events = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'tensorboard', '**', 'events.*'),
-                              recursive=True)):
-    with open(path, 'rb') as f:
-      data = f.read()
-    pos = 0
-    while pos < len(data):
-      (length,) = struct.unpack('<Q', data[pos:pos + 8])
-      pos += 12  # length + its crc
-      events.append(event_pb2.Event.FromString(data[pos:pos + length]))
-      pos += length + 4  # payload + its crc
-  return events
+  """Every Event in the TensorBoard files under workdir."""
+  return [e for events in train_fixtures.tensorboard_events(workdir).values() for e in events]
 
 
 def _scalar_steps(events, tag):
@@ -83,32 +71,60 @@ def test_fresh_run_writes_no_purge_marker(tmp_path):
   assert not any(e.HasField('session_log') for e in _events(str(tmp_path)))
 
 
+CONFIG = {'likelihood': {'name': 'lowrank_gaussian', 'rank': 25, 'trunk': [8, 16]},
+          'seed': 0, 'data': {'tfds_data_dir': None}}
+
+
 def test_run_summary_has_results_and_hparams(tmp_path):
+  workdir_lib.record_launch(str(tmp_path), json.dumps(CONFIG), 0)
   metric_writers.write_run_summary(
-      str(tmp_path), 100, {'likelihood.name': 'lowrank_gaussian', 'likelihood.rank': 25},
+      str(tmp_path), 100,
       {'elbo': -3.5, 'structure': {'participation_ratio': 2.0}, 'spectrum': [1.0, 2.0],
        'bad': float('nan')})
   events = _events(str(tmp_path))
   tags = {v.tag for e in events for v in e.summary.value}
   assert {'eval/elbo', 'eval/structure/participation_ratio'} <= tags
   assert not any('bad' in t or 'spectrum' in t for t in tags)
-  # The hparams plugin's session-start summary carries the config values.
-  plugin = [v for e in events for v in e.summary.value
-            if v.metadata.plugin_data.plugin_name == 'hparams']
-  assert plugin and b'lowrank_gaussian' in b''.join(
-      v.metadata.plugin_data.content for v in plugin)
+  # The run's row of the HPARAMS tab: config.json's leaves, the results as metrics.
+  (row,) = train_fixtures.hparams_rows(str(tmp_path)).values()
+  assert row['hparams'] == {'likelihood.name': 'lowrank_gaussian', 'likelihood.rank': 25,
+                            'likelihood.trunk': '[8, 16]', 'seed': 0,
+                            'data.tfds_data_dir': 'None'}
+  assert row['metrics']['eval/elbo'] == (100, -3.5) and not row['experiment']
   assert json.loads(json.dumps(metric_writers.flat_scalars({'a': {'b': 1}}))) == {'a/b': 1.0}
 
 
 def test_run_summaries_in_one_second_are_all_kept(tmp_path):
   # Two evaluations of one workdir (prior, then mixture) can finish within the
   # second that names an event file; neither may overwrite the other.
+  workdir_lib.record_launch(str(tmp_path), json.dumps(CONFIG), 0)
   for sampler in ('prior', 'gmm'):
-    metric_writers.write_run_summary(str(tmp_path), 7, {'likelihood.name': sampler},
-                                     {sampler: {'elbo': -1.0}})
-  events = _events(str(tmp_path))
-  tags = {v.tag for e in events for v in e.summary.value}
-  assert {'eval/prior/elbo', 'eval/gmm/elbo'} <= tags
-  contents = b''.join(v.metadata.plugin_data.content for e in events for v in e.summary.value
-                      if v.metadata.plugin_data.plugin_name == 'hparams')
-  assert b'prior' in contents and b'gmm' in contents
+    metric_writers.write_run_summary(str(tmp_path), 7, {sampler: {'elbo': -1.0}})
+  rows = train_fixtures.hparams_rows(str(tmp_path))
+  assert list(rows) == ['.']  # both in the run's one row
+  assert {'eval/prior/elbo', 'eval/gmm/elbo'} <= set(rows['.']['metrics'])
+
+
+def test_training_and_evaluation_share_the_runs_one_hparams_row(tmp_path):
+  workdir_lib.record_launch(str(tmp_path), json.dumps(CONFIG), 0)
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer.drop_after(0)
+  writer.write_hparams()
+  writer.write(3, {'elbo': -5.0}, split='eval')
+  writer.close()
+  # A resumed launch that changes a field: config.json, and so the row, keep
+  # the first launch's value (TensorBoard shows a folder's first session start).
+  workdir_lib.record_launch(str(tmp_path), json.dumps({**CONFIG, 'seed': 1}), 3)
+  resumed = metric_writers.MetricWriter(str(tmp_path))
+  resumed.drop_after(3)
+  resumed.write_hparams()
+  resumed.write(6, {'elbo': -4.0}, split='eval')
+  resumed.close()
+  metric_writers.write_run_summary(str(tmp_path), 6, {'prior': {'elbo': -4.5}})
+  rows = train_fixtures.hparams_rows(str(tmp_path))
+  assert list(rows) == ['.'] and not rows['.']['experiment']
+  row = rows['.']
+  assert len(row['starts']) == 3 and all(s == row['hparams'] for s in row['starts'])
+  assert row['hparams']['seed'] == 0
+  assert row['metrics']['eval/elbo'] == (6, -4.0)
+  assert row['metrics']['eval/prior/elbo'] == (6, -4.5)

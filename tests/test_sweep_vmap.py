@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_fixtures
 
 from experiments.configs import default
 from experiments.configs.sigma_vae import optimal_sigma
@@ -94,6 +95,11 @@ def _assert_same_runs(vmapped, alone):
     # Every file a single run writes.
     for name in ('config.json', 'launches.jsonl', 'figures'):
       assert os.path.exists(os.path.join(v.workdir, name)), name
+    # TensorBoard's HPARAMS tab: the point's one row, as its single run's.
+    rows_v, rows_a = (train_fixtures.hparams_rows(w) for w in (v.workdir, a.workdir))
+    assert list(rows_v) == ['.'] and rows_v['.']['starts'] == rows_a['.']['starts']
+    assert rows_v['.']['hparams'] == metric_writers.run_hparams(v.workdir)
+    assert rows_v['.']['metrics']['eval/elbo'][0] == v.config.num_steps
     finals.append((pv, ev))
   # The points really differ: the tolerance cannot hide a swapped point.
   assert np.max(np.abs(finals[0][0] - finals[1][0])) > 10 * PARAM_ATOL

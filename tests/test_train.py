@@ -62,6 +62,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   steps = [r['step'] for r in metric_writers.read_metrics(str(tmp_path / 'b'), 'train')]
   assert steps == [2, 4, 6, 8]  # the second launch continued from step 4
+  # TensorBoard's HPARAMS tab, from the event files of the training alone:
+  # one row per run (every launch writes the same one), its hparams
+  # config.json (the first launch: b's says 4 steps), its metrics the latest
+  # in-loop evaluation.
+  for workdir, launches in (('a', 1), ('b', 2)):
+    rows = train_fixtures.hparams_rows(str(tmp_path / workdir))
+    assert list(rows) == ['.'] and not rows['.']['experiment']
+    assert rows['.']['starts'] == [metric_writers.run_hparams(str(tmp_path / workdir))] * launches
+    assert rows['.']['hparams']['num_steps'] == (8 if workdir == 'a' else 4)
+    last = metric_writers.read_metrics(str(tmp_path / workdir), 'eval')[-1]
+    assert last['step'] == 8
+    for name in ('elbo', 'kl', 'multiplier_kl'):
+      assert rows['.']['metrics'][f'eval/{name}'] == (8, pytest.approx(last[name], rel=1e-6))
 
 
 def test_pretraining_freezes_variance_heads_then_releases_them():

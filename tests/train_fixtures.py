@@ -1,4 +1,9 @@
-"""Shared test set-up: a smoke model with its state and jitted train step."""
+"""Shared test set-up: a smoke model with its state and jitted train step; a
+run's TensorBoard files read back."""
+
+import glob
+import os
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -31,3 +36,47 @@ def smoke_step(config=None, multiplier_lr=None, *, pretrain_steps=0,
 def random_batch(seed: int, batch_size: int = 8, shape=(28, 28, 1)) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch_size,) + tuple(shape),
                                                           dtype=np.uint8))
+
+
+def tensorboard_events(workdir) -> dict[str, list]:
+  """{event folder relative to workdir/tensorboard: its Events in file order}."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  board = os.path.join(workdir, 'tensorboard')
+  folders = {}
+  for path in sorted(glob.glob(os.path.join(board, '**', 'events.*'), recursive=True)):
+    with open(path, 'rb') as f:
+      data = f.read()
+    events, pos = folders.setdefault(os.path.relpath(os.path.dirname(path), board), []), 0
+    while pos < len(data):  # TFRecord: length, its crc, the Event, its crc
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return folders
+
+
+def hparams_rows(workdir) -> dict[str, dict]:
+  """TensorBoard's HPARAMS tab for one run, built from its event files as
+  TensorBoard does: every event folder holding a session start is a row, with
+  the hparams of its first one and, as metrics, the last value of each of the
+  folder's scalars. Each row also lists every session start's hparams
+  ('starts') and whether the folder holds an experiment summary."""
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  rows = {}
+  for folder, events in tensorboard_events(workdir).items():
+    starts, experiment, metrics = [], False, {}
+    for event in events:
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'hparams':
+          data = plugin_hparams_pb2.HParamsPluginData.FromString(
+              value.metadata.plugin_data.content)
+          experiment |= data.HasField('experiment')
+          if data.HasField('session_start_info'):
+            starts.append({k: getattr(v, v.WhichOneof('kind'))
+                           for k, v in data.session_start_info.hparams.items()})
+        elif value.HasField('simple_value'):
+          if event.step >= metrics.get(value.tag, (-1, 0.0))[0]:
+            metrics[value.tag] = (event.step, value.simple_value)
+    if starts:
+      rows[folder] = {'hparams': starts[0], 'starts': starts, 'experiment': experiment,
+                      'metrics': metrics}
+  return rows

@@ -428,34 +428,19 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   return Evaluation(results, mixture, grid_images)
 
 
-def hparams(config) -> dict[str, Any]:
-  """The config's leaves under dotted names, as the hparams plugin takes them."""
-  def flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        out.update(flatten(v, f'{prefix}{k}.'))
-      else:
-        out[f'{prefix}{k}'] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    return out
-  return flatten(config.to_dict(), '')
-
-
 def evaluate_and_write(workdir: str, settings: EvalSettings | None = None,
                        **overrides) -> dict[str, Any]:
   """`evaluate_run` then `write_results`; logs the table and returns the results.
 
   TensorBoard (workdir/tensorboard) also gets the metrics as scalars
-  eval/SAMPLER/NAME at the run's step, and an hparams entry pairing them with
-  the run's config.
+  eval/SAMPLER/NAME at the run's step: metrics of the run's HPARAMS row.
   """
   evaluation = evaluate_run(workdir, settings, **overrides)
   paths = write_results(workdir, evaluation)
   results = evaluation.results
   if jax.process_index() == 0:
-    metric_writers.write_run_summary(
-        workdir, results['step'], hparams(checkpoints.load_config(workdir)),
-        {results['sampler']: results['metrics']})
+    metric_writers.write_run_summary(workdir, results['step'],
+                                     {results['sampler']: results['metrics']})
   logging.info('Evaluation written to %s and %s (%.0f s):\n%s', paths['json'],
                paths['markdown'], results['seconds'], results_markdown(results))
   return results
