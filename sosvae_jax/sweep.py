@@ -41,6 +41,11 @@ from sosvae_jax.models import likelihoods
 
 SEED_FIELD = 'seed'
 LIKELIHOOD_NAME = 'likelihood.name'
+# A point's override dict may hold LABEL: a short name for a point that sets
+# many fields (a model of a study). The label stands in for those fields in
+# the folder name and the tables; the seed and fields that differ between
+# points of one label are still named: 'label=categorical+seed=0'.
+LABEL = 'label'
 # The one rule of grouping. Fields whose values a train step can take as
 # traced arrays: points that differ only in these have the same shapes and
 # control flow, so one compiled program can train them side by side (a
@@ -82,6 +87,7 @@ class Point:
     name: the run's folder name under the sweep's workdir.
     workdir: absolute path of the run's folder.
     config: the base config with the overrides applied (locked).
+    label: the point's LABEL, or None.
   """
 
   index: int
@@ -89,6 +95,7 @@ class Point:
   name: str
   workdir: str
   config: ml_collections.ConfigDict
+  label: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,12 +279,17 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """
   config = copy.deepcopy(config)
   name = overrides.get(LIKELIHOOD_NAME)
-  if name is not None and name != config.likelihood.name:
+  if name is not None:
     if name not in likelihoods.LIKELIHOODS:
       raise SweepError(f'config.{LIKELIHOOD_NAME}={name!r} is not a known likelihood; '
                        f'choose one of {sorted(likelihoods.LIKELIHOODS)}.')
+    # The point's own likelihood fields join the section: a loop field (the
+    # plateau switch) that the base config lacks is then a known field.
+    prefix = LIKELIHOOD_NAME.rpartition('.')[0] + '.'
+    values = {**config.likelihood, **{k[len(prefix):]: v for k, v in overrides.items()
+                                      if k.startswith(prefix)}}
     config.likelihood = ml_collections.ConfigDict(likelihoods.likelihood_section(
-        name, config.likelihood, config.data.image_shape[-1]))
+        name, values, config.data.image_shape[-1]))
   for field, value in overrides.items():
     field_type(config, field)
     try:
@@ -321,23 +333,45 @@ def make_points(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str
                 root: str) -> list[Point]:
   """Points under `root`; SweepError names each bad point (index and overrides)."""
   root = os.path.abspath(root)
+  labels = [o.get(LABEL) for o in overrides]
+  overrides = [{k: v for k, v in o.items() if k != LABEL} for o in overrides]
+  if any(labels) and not all(isinstance(l, str) and l for l in labels):
+    raise SweepError(f'Some points have a {LABEL!r} and others not (or an empty one): '
+                     f'give every point a non-empty {LABEL} string, or none.')
+  named = _fields_within_labels(labels, overrides)
   points, problems, names = [], [], {}
-  for index, point_overrides in enumerate(overrides):
-    point_overrides = dict(point_overrides)
+  for index, (label, point_overrides) in enumerate(builtins.zip(labels, overrides)):
     try:
       config = apply_overrides(base, point_overrides)
     except SweepError as e:
       problems.append(f'point {index} {point_overrides}: {e}')
       continue
-    name = point_name(point_overrides)
+    name = point_name(point_overrides if label is None else {
+        LABEL: label, **{k: point_overrides.get(k) for k in named}})
     if name in names:
       problems.append(f'point {index} {point_overrides}: same folder name {name!r} as '
                       f'point {names[name]}; every point needs different values.')
     names.setdefault(name, index)
-    points.append(Point(index, point_overrides, name, os.path.join(root, name), config))
+    points.append(Point(index, point_overrides, name, os.path.join(root, name), config,
+                        label))
   if problems:
     raise SweepError('The sweep has bad points:\n' + '\n'.join(f'  - {p}' for p in problems))
   return points
+
+
+def _fields_within_labels(labels: Sequence[str | None],
+                          overrides: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The seed and the overridden fields whose values differ between points of
+  one label, in order of first appearance; [] without labels. The seed is
+  always named, so that a point keeps its folder when seeds are added."""
+  by_label: dict[str, list[Mapping[str, Any]]] = {}
+  for label, o in builtins.zip(labels, overrides):
+    if label is not None:
+      by_label.setdefault(label, []).append(o)
+  fields = dict.fromkeys(k for o in overrides for k in o)
+  return [f for f in fields if f == SEED_FIELD or any(
+      len({json.dumps(_plain(o.get(f)), default=str) for o in members}) > 1
+      for members in by_label.values())]
 
 
 def check_points(points: Sequence[Point], num_devices: int | None = None) -> None:
@@ -355,9 +389,18 @@ def check_points(points: Sequence[Point], num_devices: int | None = None) -> Non
                      + '\n'.join(problems))
 
 
-def swept_fields(points: Sequence[Point]) -> list[str]:
+def overridden_fields(points: Sequence[Point]) -> list[str]:
   """Every overridden field, in order of first appearance."""
   return list(dict.fromkeys(k for p in points for k in p.overrides))
+
+
+def swept_fields(points: Sequence[Point]) -> list[str]:
+  """The columns of the tables: every overridden field, or for labelled
+  points LABEL and the fields that differ between points of one label."""
+  if not any(p.label for p in points):
+    return overridden_fields(points)
+  return [LABEL, *_fields_within_labels([p.label for p in points],
+                                        [p.overrides for p in points])]
 
 
 def point_values(point: Point, fields: Sequence[str]) -> dict[str, Any]:
@@ -365,6 +408,9 @@ def point_values(point: Point, fields: Sequence[str]) -> dict[str, Any]:
   None where its config has no such field, e.g. another likelihood's)."""
   values = {}
   for f in fields:
+    if f == LABEL:
+      values[f] = point.label
+      continue
     try:
       values[f] = _plain(config_path.get_value(f, point.config))
     except KeyError:
@@ -407,8 +453,8 @@ class Group:
 
 
 def group_points(points: Sequence[Point]) -> list[Group]:
-  """Points split by the values of swept fields outside SHARED_PROGRAM_FIELDS."""
-  fields = swept_fields(points)
+  """Points split by the values of overridden fields outside SHARED_PROGRAM_FIELDS."""
+  fields = overridden_fields(points)
   splitting = [f for f in fields if not shares_program(f)]
   keyed: dict[str, list[Point]] = {}
   for p in points:
@@ -469,7 +515,7 @@ def manifest(config_arg: str, base_overrides: Mapping[str, Any],
       'base_overrides': {k: _plain(v) for k, v in base_overrides.items()},
       'swept_fields': fields,
       'shared_program_fields': list(SHARED_PROGRAM_FIELDS),
-      'points': [{'index': p.index, 'name': p.name,
+      'points': [{'index': p.index, 'name': p.name, 'label': p.label,
                   'overrides': {k: _plain(v) for k, v in p.overrides.items()},
                   'values': point_values(p, fields), 'group': group_of[p.index]}
                  for p in points],
@@ -613,19 +659,22 @@ def run_sequential(points: Sequence[Point]) -> list[Outcome]:
 ENGINES: dict[str, RunGroup] = {'sequential': run_sequential}
 
 
-def evaluate_point(point: Point) -> Outcome:
+def evaluate_point(point: Point, samplers: Sequence[str] | None = None) -> Outcome:
   """The evaluation command on a trained point, with its config.evaluation
-  settings (skipped if eval/results.json is of its latest checkpoint)."""
+  settings, for each of `samplers` (None: the settings' own); skipped if
+  each sampler's results are of the latest checkpoint already."""
   # Imported here: the evaluation stack is heavy and only this needs it.
-  from sosvae_jax.evaluation import evaluate, settings  # pylint: disable=g-import-not-at-top
+  from sosvae_jax.evaluation import evaluate, results, settings  # pylint: disable=g-import-not-at-top
   t0 = time.time()
-  done = _read_json(os.path.join(point.workdir, EVAL_RESULTS))
   steps = checkpoints.checkpoint_steps(point.workdir)
-  if done is not None and steps and done.get('step') == steps[-1]:
+  done = [_read_json(results.eval_file(point.workdir, 'results.json', s))
+          for s in samplers or (None,)]
+  if steps and all(d is not None and d.get('step') == steps[-1] for d in done):
     return Outcome(FINISHED, 'evaluation already written')
   try:
     evaluate.evaluate_and_write(point.workdir,
-                                settings.from_config(point.config.get('evaluation')))
+                                settings.from_config(point.config.get('evaluation')),
+                                samplers)
   except Exception as e:  # pylint: disable=broad-except
     logging.exception('Evaluation of point %d (%s) failed.', point.index, point.name)
     return Outcome(FAILED, 'evaluation: ' + error_message(e), time.time() - t0)
@@ -633,12 +682,14 @@ def evaluate_point(point: Point) -> Outcome:
 
 
 def run_sweep(points: Sequence[Point], run_group: RunGroup, *,
-              evaluate: bool = False) -> dict[int, Outcome]:
+              evaluate: bool = False,
+              samplers: Sequence[str] | None = None) -> dict[int, Outcome]:
   """Trains every unfinished point, group by group; {index: Outcome} of all.
 
   Points already trained to their num_steps are skipped (FINISHED, message
   'already trained'); with `evaluate`, each trained point is then evaluated
-  (evaluation/evaluate.py) unless its eval/results.json is of that step.
+  (evaluation/evaluate.py), with each of `samplers` (None: its config's),
+  unless its results are of that step already.
   """
   outcomes: dict[int, Outcome] = {}
   by_index = {p.index: p for p in points}
@@ -665,7 +716,7 @@ def run_sweep(points: Sequence[Point], run_group: RunGroup, *,
   for p in points:
     outcome = outcomes.setdefault(p.index, Outcome(NOT_STARTED, 'sweep stopped'))
     if evaluate and outcome.status == FINISHED and not stopped:
-      evaluated = evaluate_point(p)
+      evaluated = evaluate_point(p, samplers)
       if evaluated.status != FINISHED:
         outcomes[p.index] = evaluated
         write_point_status(p, evaluated, 'evaluate')
