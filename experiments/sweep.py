@@ -29,6 +29,7 @@ from sosvae_jax import logs
 from sosvae_jax import sweep
 from sosvae_jax import sweep_vmap  # pylint: disable=unused-import (registers --mode=vmap)
 from sosvae_jax import workdir as workdir_lib
+from sosvae_jax.config_checks import SAMPLERS
 
 FLAGS = flags.FLAGS
 cli.DEFINE_config_file('config', 'Base config file, optionally with an argument: file.py:smoke.')
@@ -43,6 +44,9 @@ flags.DEFINE_integer('index', None, 'Run (or print) only the point of this index
 flags.DEFINE_bool('evaluate', False, 'After training, run the evaluation command on '
                   'every point (POINT/eval/results.json), with its config.evaluation '
                   'settings (e.g. --config.evaluation.num_samples=1000).')
+flags.DEFINE_list('samplers', None, 'With --evaluate: the latent samplers to evaluate '
+                  'each point with, e.g. prior,gmm (one results_SAMPLER.json each; the '
+                  'likelihood metrics are measured once). Default: the config\'s.')
 flags.DEFINE_list('metrics', None, 'Metrics of the tables and the plot (default: '
                   f'those of {",".join(sweep.DEFAULT_METRICS)} present).')
 
@@ -90,6 +94,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]} (only "collect").',
                          exitcode=cli.USER_ERROR)
   try:
+    bad = [s for s in FLAGS.samplers or () if s not in SAMPLERS]
+    if bad:
+      raise sweep.SweepError(f'--samplers={",".join(FLAGS.samplers)}: unknown {bad}; '
+                             f'choose from {", ".join(SAMPLERS)}.')
     config_arg, base_overrides, points = _points()
     groups = sweep.group_points(points)
     sweep.check_points(points)
@@ -108,7 +116,8 @@ def main(argv):
     for p in chosen:
       print(sweep.command(config_arg, base_overrides, p, evaluate=FLAGS.evaluate))
     return
-  outcomes = sweep.run_sweep(chosen, sweep.ENGINES[FLAGS.mode], evaluate=FLAGS.evaluate)
+  outcomes = sweep.run_sweep(chosen, sweep.ENGINES[FLAGS.mode], evaluate=FLAGS.evaluate,
+                             samplers=FLAGS.samplers)
   for index, outcome in sorted(outcomes.items()):
     logging.info('point %d: %s %s', index, outcome.status, outcome.message)
   failed = FLAGS.index is None and _collect()

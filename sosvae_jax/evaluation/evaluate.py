@@ -35,7 +35,7 @@ import functools
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 import jax
@@ -351,8 +351,17 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
     mixture sampler and the images of samples.png. Write it with
     `write_results`.
   """
+  return evaluate_run_samplers(workdir, settings, None, **overrides)[0]
+
+
+def evaluate_run_samplers(workdir: str, settings: EvalSettings | None,
+                          samplers: Sequence[str] | None, **overrides) -> list[Evaluation]:
+  """`evaluate_run` for each latent sampler of `samplers` (None: the one of
+  the settings): the likelihood metrics are measured once and shared, the
+  generated images, FIDs and coherence are each sampler's own."""
   s = dataclasses.replace(settings or EvalSettings(), **overrides)
-  problems = s.problems()
+  problems = s.problems() + [f'sampler={x!r}: choose one of {SAMPLERS}'
+                             for x in samplers or () if x not in SAMPLERS]
   if not problems:  # then those of the run's own sampler fields
     s = settings_lib.for_run(s, checkpoints.load_config(workdir))
     problems = s.problems()
@@ -393,15 +402,6 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
     metrics.update(mutual_information=float(mi), marginal_kl=float(marginal_kl),
                    mutual_information_bound=math.log(n))
 
-  draw, sampler_info = _fit_sampler(run, s, keys['sampler'])
-  mixture = sampler_info.pop('mixture', None)
-  stats, coh, grid_images = _generated_statistics(run, draw, nets, s, keys['generate'])
-  metrics.update({f'coherence_{k}': v for k, v in coh.items()})
-  reference = _reference_statistics(run, nets, s)
-  for (net, kind), st in stats.items():
-    metrics[f'fid_{net}_{kind}'] = frechet.frechet_distance(*st.statistics(),
-                                                            *reference[net])
-
   notes = ['classifier FID uses the penultimate features of a small convnet trained '
            'on this dataset (evaluation/classifier.py); it is comparable only '
            'between runs that used the same classifier, never with Inception FID.']
@@ -414,33 +414,55 @@ def evaluate_run(workdir: str, settings: EvalSettings | None = None,
   if 'inception' not in nets:
     notes.append('Inception FID not computed (no config.evaluation.inception_weights '
                  'given).')
-  results = {
-      'workdir': os.path.abspath(workdir), 'step': int(run.step),
-      'likelihood': config.likelihood.name, 'discrete': bool(entry.discrete),
-      'image_shape': list(config.data.image_shape), 'num_dims': num_dims,
-      'eval_examples': len(images), 'num_samples': s.num_samples,
-      'iwae_k': s.iwae_k, 'mi_examples': min(s.mi_examples, len(images)),
-      **sampler_info, 'feature_networks': nets_info, 'metrics': metrics,
-      'notes': notes, 'seconds': round(time.time() - t0, 1),
-      **({'structure': structure_info} if structure_info else {}),
-      'settings': {k: v for k, v in dataclasses.asdict(s).items()},
-  }
-  return Evaluation(results, mixture, grid_images)
+  reference = _reference_statistics(run, nets, s)
+  evaluations = []
+  for sampler in samplers or (s.sampler,):
+    t1 = time.time()
+    sampler_metrics = dict(metrics)
+    draw, sampler_info = _fit_sampler(run, dataclasses.replace(s, sampler=sampler),
+                                      keys['sampler'])
+    mixture = sampler_info.pop('mixture', None)
+    stats, coh, grid_images = _generated_statistics(run, draw, nets, s, keys['generate'])
+    sampler_metrics.update({f'coherence_{k}': v for k, v in coh.items()})
+    for (net, kind), st in stats.items():
+      sampler_metrics[f'fid_{net}_{kind}'] = frechet.frechet_distance(*st.statistics(),
+                                                                      *reference[net])
+    results = {
+        'workdir': os.path.abspath(workdir), 'step': int(run.step),
+        'likelihood': config.likelihood.name, 'discrete': bool(entry.discrete),
+        'image_shape': list(config.data.image_shape), 'num_dims': num_dims,
+        'eval_examples': len(images), 'num_samples': s.num_samples,
+        'iwae_k': s.iwae_k, 'mi_examples': min(s.mi_examples, len(images)),
+        'num_params': int(sum(np.size(p) for p in jax.tree.leaves(run.variables['params']))),
+        **sampler_info, 'feature_networks': nets_info, 'metrics': sampler_metrics,
+        'notes': notes,
+        # The shared part once, each sampler's own part to it.
+        'seconds': round(time.time() - t1 + (t1 - t0 if not evaluations else 0.0), 1),
+        **({'structure': structure_info} if structure_info else {}),
+        'settings': {k: v for k, v in dataclasses.asdict(
+            dataclasses.replace(s, sampler=sampler)).items()},
+    }
+    evaluations.append(Evaluation(results, mixture, grid_images))
+  return evaluations
 
 
 def evaluate_and_write(workdir: str, settings: EvalSettings | None = None,
-                       **overrides) -> dict[str, Any]:
-  """`evaluate_run` then `write_results`; logs the table and returns the results.
+                       samplers: Sequence[str] | None = None, **overrides) -> dict[str, Any]:
+  """`evaluate_run_samplers` then `write_results` for each sampler (results.json
+  is the last one's, results_SAMPLER.json each one's); logs the tables and
+  returns the last results.
 
   TensorBoard (workdir/tensorboard) also gets the metrics as scalars
   eval/SAMPLER/NAME at the run's step: metrics of the run's HPARAMS row.
   """
-  evaluation = evaluate_run(workdir, settings, **overrides)
-  paths = write_results(workdir, evaluation)
-  results = evaluation.results
+  evaluations = evaluate_run_samplers(workdir, settings, samplers, **overrides)
+  for evaluation in evaluations:
+    paths = write_results(workdir, evaluation)
+    results = evaluation.results
+    logging.info('Evaluation written to %s and %s (%.0f s):\n%s', paths['json'],
+                 paths['markdown'], results['seconds'], results_markdown(results))
   if jax.process_index() == 0:
-    metric_writers.write_run_summary(workdir, results['step'],
-                                     {results['sampler']: results['metrics']})
-  logging.info('Evaluation written to %s and %s (%.0f s):\n%s', paths['json'],
-               paths['markdown'], results['seconds'], results_markdown(results))
+    metric_writers.write_run_summary(
+        workdir, results['step'],
+        {e.results['sampler']: e.results['metrics'] for e in evaluations})
   return results
