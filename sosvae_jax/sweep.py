@@ -687,13 +687,14 @@ def run_sweep(points: Sequence[Point], run_group: RunGroup, *,
   """Trains every unfinished point, group by group; {index: Outcome} of all.
 
   Points already trained to their num_steps are skipped (FINISHED, message
-  'already trained'); with `evaluate`, each trained point is then evaluated
-  (evaluation/evaluate.py), with each of `samplers` (None: its config's),
-  unless its results are of that step already.
+  'already trained'); with `evaluate`, each group's trained points are then
+  evaluated (evaluation/evaluate.py) before the next group trains, so that a
+  long sweep stopped half-way keeps the results of what it finished, with
+  each of `samplers` (None: its config's), unless its results are of that
+  step already.
   """
   outcomes: dict[int, Outcome] = {}
   by_index = {p.index: p for p in points}
-  stopped = False
   for group in group_points(points):
     members = [by_index[i] for i in group.points]
     todo = [p for p in members if not is_trained(p.workdir, p.config.num_steps)]
@@ -710,16 +711,16 @@ def run_sweep(points: Sequence[Point], run_group: RunGroup, *,
         outcomes[p.index] = outcome
         if outcome.status != NOT_STARTED:
           write_point_status(p, outcome, 'train')
-      stopped = any(o.status in (UNFINISHED, NOT_STARTED) for o in results)
-      if stopped:
+      if any(o.status in (UNFINISHED, NOT_STARTED) for o in results):
         break  # pre-empted: the same command resumes
+    for p in members:
+      if evaluate and outcomes[p.index].status == FINISHED:
+        evaluated = evaluate_point(p, samplers)
+        if evaluated.status != FINISHED:
+          outcomes[p.index] = evaluated
+          write_point_status(p, evaluated, 'evaluate')
   for p in points:
-    outcome = outcomes.setdefault(p.index, Outcome(NOT_STARTED, 'sweep stopped'))
-    if evaluate and outcome.status == FINISHED and not stopped:
-      evaluated = evaluate_point(p, samplers)
-      if evaluated.status != FINISHED:
-        outcomes[p.index] = evaluated
-        write_point_status(p, evaluated, 'evaluate')
+    outcomes.setdefault(p.index, Outcome(NOT_STARTED, 'sweep stopped'))
   return outcomes
 
 
