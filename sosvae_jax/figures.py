@@ -34,6 +34,7 @@ from sosvae_jax import direct_lowrank_fit
 from sosvae_jax import input_pipeline
 from sosvae_jax import observation
 from sosvae_jax import plotting
+from sosvae_jax import workdir as workdir_lib
 from sosvae_jax.distributions import LowRankMultivariateNormal
 
 Array = jax.Array
@@ -395,8 +396,8 @@ def render_figures(workdir: str, out_dir: str | None = None, *, seed: int = 0,
   image, stats = figure7(data, run.config.likelihood.rank, keys[4], image_shape)
   save('figure7', image)
   written['figure7_json'] = os.path.join(out_dir, 'figure7.json')
-  with open(written['figure7_json'], 'w') as f:
-    json.dump({**stats, 'checkpoint_step': run.step}, f, indent=2)
+  workdir_lib.write_atomic(written['figure7_json'], json.dumps(
+      {**stats, 'checkpoint_step': run.step}, indent=2))
   logging.info('Step %d; PPCA (rank %d, %d images) average log-likelihood %.1f '
                'nats.', run.step, stats['rank'], stats['num_examples'],
                stats['ppca_log_likelihood'])

@@ -90,16 +90,21 @@ class MetricWriter:
     if not os.path.exists(self._path):
       return
     kept = [r for r in _parse_lines(self._path) if r['step'] <= step]
-    with open(self._path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
+    # Whole or not at all: a kill mid-rewrite would otherwise lose every record.
+    workdir_lib.write_atomic(self._path, ''.join(json.dumps(r) + '\n' for r in kept))
 
   def write(self, step: int, metrics: Mapping[str, Any], split: str = 'train') -> None:
     if not self._enabled:
       return
     record = {'step': int(step), 'split': split}
     record.update({k: _to_python(v) for k, v in metrics.items()})
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    # Appended, not rewritten (a long run logs often): a kill or a full disk
+    # mid-line leaves a torn last line, which _parse_lines drops.
+    try:
+      with open(self._path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    except OSError as e:
+      raise workdir_lib.write_error(self._path, e) from e
     for k, v in record.items():
       if k not in ('step', 'split') and isinstance(v, (int, float)):
         self._board().add_scalar(f'{split}/{k}', v, int(step))

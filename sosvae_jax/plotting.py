@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from sosvae_jax import workdir as workdir_lib
 
 # Anchor colours of a perceptually ordered dark-to-bright map (for variances).
 _HEAT = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97],
@@ -165,12 +168,12 @@ def observation_panel(mean: np.ndarray, sample: np.ndarray,
 
 
 def save_png(image: np.ndarray, path: str) -> None:
-  Image.fromarray(image).save(path)
+  """uint8 [H, W, 3] -> the PNG file `path`, written whole or not at all."""
+  workdir_lib.write_atomic(path, png_bytes(image))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-  """uint8 [H, W, 3] -> PNG file contents (for IPython.display.Image)."""
-  import io  # pylint: disable=g-import-not-at-top
+  """uint8 [H, W, 3] -> PNG file contents (for save_png and IPython.display.Image)."""
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format='PNG')
   return buffer.getvalue()

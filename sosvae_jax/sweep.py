@@ -34,6 +34,7 @@ from PIL import ImageDraw
 from sosvae_jax import checkpoints
 from sosvae_jax import config_checks
 from sosvae_jax import metric_writers
+from sosvae_jax import plotting
 from sosvae_jax import train
 from sosvae_jax import workdir as workdir_lib
 from sosvae_jax.evaluation import settings as eval_settings
@@ -535,14 +536,6 @@ def _json_ready(value: Any) -> Any:
   return value
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Concurrent writers (array jobs) never leave a half-written file."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _load_manifest(path: str) -> dict[str, Any]:
   """sweep.json, or SweepError when it is torn or hand-edited into no manifest."""
   try:
@@ -580,7 +573,7 @@ def write_manifest(root: str, content: Mapping[str, Any]) -> str:
         return path
       logging.warning('%s described another sweep; rewriting it (finished points '
                       'with the same names are reused).', path)
-  _write_atomic(path, json.dumps(content, indent=2) + '\n')
+  workdir_lib.write_atomic(path, json.dumps(content, indent=2) + '\n')
   return path
 
 
@@ -617,7 +610,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 def write_point_status(point: Point, outcome: Outcome, stage: str) -> None:
   os.makedirs(point.workdir, exist_ok=True)
-  _write_atomic(os.path.join(point.workdir, POINT_STATUS), json.dumps(
+  workdir_lib.write_atomic(os.path.join(point.workdir, POINT_STATUS), json.dumps(
       {'index': point.index, 'overrides': {k: _plain(v) for k, v in point.overrides.items()},
        'stage': stage, **dataclasses.asdict(outcome)}, indent=2) + '\n')
 
@@ -1000,11 +993,12 @@ def collect(root: str, metrics: Sequence[str] | None = None) -> dict[str, Any]:
   text = markdown(rows, grouped, fields, chosen, f'Sweep {root} ({content["config"]})')
   if content.get('sweep_file'):
     text += '\n' + sweep_report(content['sweep_file'], root, rows)
-  _write_atomic(paths['csv'], csv_text(rows, fields))
-  _write_atomic(paths['markdown'], text)
-  Image.fromarray(plot(rows, fields, chosen)).save(paths['png'])
+  workdir_lib.write_atomic(paths['csv'], csv_text(rows, fields))
+  workdir_lib.write_atomic(paths['markdown'], text)
+  plotting.save_png(plot(rows, fields, chosen), paths['png'])
   content.update(metrics=chosen, rows=rows, grouped=grouped)
-  _write_atomic(paths['json'], json.dumps(_json_ready(content), indent=2, default=str) + '\n')
+  workdir_lib.write_atomic(paths['json'],
+                           json.dumps(_json_ready(content), indent=2, default=str) + '\n')
   return {'rows': rows, 'grouped': grouped, 'metrics': chosen, 'paths': paths,
           'markdown': text}
 

@@ -1,4 +1,5 @@
-"""A run's folder: one run at a time (a lock), its config and its launch history."""
+"""A run's folder: one run at a time (a lock), its config and its launch history,
+and the one way every output file is written (whole or not at all)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import uuid
 from typing import Any, Mapping
 
 from flax import traverse_util
@@ -20,6 +22,71 @@ LOCK_FILE = '.lock'
 
 class WorkdirError(ValueError):
   """The workdir cannot hold this run; the message says why and what to do."""
+
+
+class WriteError(Exception):
+  """An output file could not be written (a full disk, a quota, a read-only
+  folder); the message names the file, the cause and what to do.
+
+  Not a ValueError: the input was fine, so a rerun of the same command, once
+  the disk has room, succeeds (experiments/cli.py: exit code WRITE_FAILED).
+  """
+
+
+def error_cause(error: BaseException) -> str:
+  """'No space left on device (ENOSPC)' for an OSError, else the error's text."""
+  if isinstance(error, OSError) and error.strerror:
+    return f'{error.strerror} ({errno.errorcode.get(error.errno, error.errno)})'
+  return str(error)
+
+
+def write_error(path: str, error: BaseException) -> WriteError:
+  """The WriteError of `error`, met while writing `path`."""
+  return WriteError(
+      f'Cannot write {path}: {error_cause(error)}. Its previous version, if it had '
+      'one, is kept whole. Free space on that disk (or make the folder writable), then '
+      'rerun the same command: a training run resumes from its latest checkpoint.')
+
+
+def _write_bytes(fd: int, data: bytes) -> None:
+  """All of `data` to the open file `fd` (os.write may write less than asked)."""
+  view = memoryview(data)
+  while view:
+    view = view[os.write(fd, view):]
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+  """Writes `path` whole or not at all; WriteError if it cannot be written.
+
+  A reader (a report, a resumed run, a kill at any instant) sees the old file
+  or the new one, never a torn one: the bytes go to a temporary file in the
+  same folder (same file system, so the rename is atomic), are fsynced, and
+  os.replace puts it in place. On failure the temporary file is removed; a
+  SIGKILL can leave one behind (`.NAME.*.tmp`), never a torn `path`. The
+  unique name lets concurrent writers (a sweep's array jobs) race safely:
+  the last replace wins.
+  """
+  data = data.encode('utf-8') if isinstance(data, str) else data
+  folder, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+  try:
+    # Mode 0o666 less the umask, as open() gives: readable by whoever read
+    # the file before.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+      _write_bytes(fd, data)
+      os.fsync(fd)  # else a power cut after the rename can leave it empty
+    finally:
+      os.close(fd)
+    os.replace(tmp, path)
+  except BaseException as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass  # never created, or already renamed
+    if isinstance(e, OSError):
+      raise write_error(path, e) from e
+    raise
 
 
 def check_workdir_path(workdir: str, *, keep: bool = True) -> None:
@@ -155,14 +222,22 @@ def record_launch(workdir: str, config_json: str, step: int) -> dict[str, tuple]
   if os.path.exists(path):
     changes = config_differences(read_config_file(workdir), new)
   else:
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(config_json)
+    write_atomic(path, config_json)
     changes = {}
   entry = {'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
            'step': int(step), 'argv': list(sys.argv),
            'changes': {k: list(v) for k, v in changes.items()}}
-  with open(os.path.join(workdir, LAUNCHES_FILE), 'a', encoding='utf-8') as f:
-    f.write(json.dumps(entry, default=str) + '\n')
+  # Rewritten whole, not appended: a launch killed mid-append would leave a
+  # line without its newline, the next launch's line would be glued to it,
+  # and effective_config would skip both, silently reading an older launch.
+  launches = os.path.join(workdir, LAUNCHES_FILE)
+  old = ''
+  if os.path.exists(launches):
+    with open(launches, encoding='utf-8') as f:
+      old = f.read()
+  if old and not old.endswith('\n'):
+    old += '\n'  # a torn line of a file written by older code: kept, ended
+  write_atomic(launches, old + json.dumps(entry, default=str) + '\n')
   return changes
 
 

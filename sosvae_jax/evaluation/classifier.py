@@ -174,9 +174,13 @@ def _save(path: str, params, meta: dict) -> None:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix='.tmp-')
   flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep='/')
-  np.savez(os.path.join(tmp, 'params.npz'), **{k: np.asarray(v) for k, v in flat.items()})
-  with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-    json.dump(meta, f, indent=2)
+  try:
+    np.savez(os.path.join(tmp, 'params.npz'), **{k: np.asarray(v) for k, v in flat.items()})
+    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+      json.dump(meta, f, indent=2)
+  except OSError as e:  # a full disk: no half-written cache folder is left
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise workdir_lib.write_error(path, e) from e
   try:
     os.rename(tmp, path)
   except OSError:  # Another process cached the same classifier meanwhile.

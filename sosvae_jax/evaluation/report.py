@@ -189,7 +189,6 @@ def write_report(workdirs: Sequence[str], out_dir: str,
   workdir_lib.make_folder(out_dir, '--out')
   paths = {'markdown': os.path.join(out_dir, 'report.md'),
            'png': os.path.join(out_dir, 'samples.png')}
-  with open(paths['markdown'], 'w') as f:
-    f.write(report_markdown(results, names))
+  workdir_lib.write_atomic(paths['markdown'], report_markdown(results, names))
   plotting.save_png(samples_figure(workdirs, names, sampler), paths['png'])
   return paths

@@ -8,14 +8,15 @@ mixture sampler keeps its prior results and a report can pick either.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from sosvae_jax import plotting
+from sosvae_jax import workdir as workdir_lib
 from sosvae_jax.evaluation import gmm as gmm_lib
 from sosvae_jax.evaluation import structure
 
@@ -113,29 +114,35 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def write_results(workdir: str, evaluation: Evaluation) -> dict[str, str]:
-  """Writes eval/results.json, results.md, samples.npz, samples.png (+ gmm.json)."""
+  """Writes eval/results.json, results.md, samples.npz, samples.png (+ gmm.json).
+
+  Each file is written whole or not at all (workdir.write_atomic): a report
+  never reads half a results.json. WriteError if the disk is full.
+  """
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   results, mixture, grid_images = evaluation
+  npz = io.BytesIO()
+  np.savez(npz, **grid_images)
+  contents = {
+      'json': json.dumps(results, indent=2, default=str),
+      'markdown': results_markdown(results),
+      'npz': npz.getvalue(),
+      'png': plotting.png_bytes(plotting.grid(
+          [plotting.to_rgb(grid_images['means']), plotting.to_rgb(grid_images['samples'])],
+          [f'{results["sampler"]} mean', f'{results["sampler"]} sample'])),
+  }
   files = {'json': RESULTS_JSON, 'markdown': RESULTS_MD, 'npz': SAMPLES_NPZ,
            'png': SAMPLES_PNG}
-  paths = {key: eval_file(workdir, name) for key, name in files.items()}
-  with open(paths['json'], 'w') as f:
-    json.dump(results, f, indent=2, default=str)
-  with open(paths['markdown'], 'w') as f:
-    f.write(results_markdown(results))
-  np.savez(paths['npz'], **grid_images)
-  plotting.save_png(plotting.grid(
-      [plotting.to_rgb(grid_images['means']), plotting.to_rgb(grid_images['samples'])],
-      [f'{results["sampler"]} mean', f'{results["sampler"]} sample']), paths['png'])
   # The plain names hold the latest evaluation; a copy per sampler keeps the
   # prior and the mixture results of one workdir side by side.
   sampler = str(results['sampler'])
-  for key, name in files.items():
-    paths[f'{key}_{sampler}'] = eval_file(workdir, name, sampler)
-    shutil.copyfile(paths[key], paths[f'{key}_{sampler}'])
+  paths = {key: eval_file(workdir, name) for key, name in files.items()}
+  paths.update({f'{key}_{sampler}': eval_file(workdir, name, sampler)
+                for key, name in files.items()})
+  for key, path in paths.items():
+    workdir_lib.write_atomic(path, contents[key.removesuffix(f'_{sampler}')])
   if mixture is not None:
     paths['gmm'] = os.path.join(out_dir, GMM_JSON)
-    with open(paths['gmm'], 'w') as f:
-      json.dump(mixture.to_dict(), f)
+    workdir_lib.write_atomic(paths['gmm'], json.dumps(mixture.to_dict()))
   return paths
