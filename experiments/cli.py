@@ -10,6 +10,11 @@ Exit codes (a scheduler or a script can tell these apart):
      row); the last good checkpoint is kept, the message says what to change.
   4  stopped early but resumable: SIGTERM / SIGINT (Ctrl-C) or a pre-emption
      notice; a checkpoint was written, rerun the same command to continue.
+  5  an output file or checkpoint could not be written (a full disk, a quota,
+     a read-only folder): one message naming the file and the cause; every
+     file keeps its previous whole version and the latest complete
+     checkpoint stays restorable, so once there is room the same command
+     resumes.
   130  interrupted where nothing could be saved: a second Ctrl-C while the
      last checkpoint is written, or Ctrl-C in a one-process run before its
      train loop (a multi-process run stops at the loop's first step: 4);
@@ -31,6 +36,7 @@ from ml_collections import config_flags
 USER_ERROR = 2
 NON_FINITE = 3
 STOPPED_EARLY = 4
+WRITE_FAILED = 5
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd process
 
 
@@ -140,6 +146,18 @@ def fail(message: str, code: int = USER_ERROR) -> None:
   """Logs `message` as one error and exits with `code` (no traceback)."""
   logging.error('%s', message)
   sys.exit(code)
+
+
+@contextlib.contextmanager
+def write_failure_ends_quietly():
+  """An output that could not be written (workdir.WriteError: a full disk)
+  ends the command with its message and exit code WRITE_FAILED instead of a
+  traceback; the message names the file, the cause and what to do."""
+  from sosvae_jax import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except workdir.WriteError as e:
+    fail(str(e), WRITE_FAILED)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ def main(argv):
     checkpoints.load_config(FLAGS.workdir)
     if FLAGS.out:
       workdir_lib.make_folder(FLAGS.out, '--out')
-    with cli.interrupt_ends_quietly('rendering figures'):
+    with cli.interrupt_ends_quietly('rendering figures'), cli.write_failure_ends_quietly():
       written = figures.render_figures(
           FLAGS.workdir, FLAGS.out, seed=FLAGS.seed, num_samples=FLAGS.num_samples,
           example=FLAGS.example,

@@ -9,7 +9,8 @@
 
 Exit codes (experiments/cli.py): 0 done, 2 a user mistake (one message, nothing
 ran), 3 stopped on non-finite steps, 4 stopped early by SIGTERM / Ctrl-C or a
-pre-emption with a checkpoint written (rerun the same command to resume).
+pre-emption with a checkpoint written (rerun the same command to resume), 5 a
+file or checkpoint could not be written (disk full: free space, then rerun).
 """
 
 import sys
@@ -57,7 +58,7 @@ def _evaluate(workdir: str, config) -> None:
   except (ValueError, TypeError, FileNotFoundError) as e:  # TypeError: an unknown field
     cli.fail(str(e))
   try:
-    with cli.interrupt_ends_quietly('evaluating'):
+    with cli.interrupt_ends_quietly('evaluating'), cli.write_failure_ends_quietly():
       evaluate.evaluate_and_write(workdir, eval_settings)
   except (ValueError, FileNotFoundError) as e:  # incl. DataNotFoundError
     # Not TypeError: past the settings, one is a bug and keeps its traceback.
@@ -92,7 +93,8 @@ def main(argv):
     return
   try:
     settings.check_section(FLAGS.config)
-    state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    with cli.write_failure_ends_quietly():
+      state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except cli.user_error_types() as e:
     cli.fail(str(e), cli.USER_ERROR)
   except train.NonFiniteError as e:

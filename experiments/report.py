@@ -32,7 +32,7 @@ def main(argv):
                          f'{len(_WORKDIRS.value)}: give one name per workdir.',
                          exitcode=cli.USER_ERROR)
   try:
-    with cli.interrupt_ends_quietly('writing the report'):
+    with cli.interrupt_ends_quietly('writing the report'), cli.write_failure_ends_quietly():
       paths = report.write_report(_WORKDIRS.value, _OUT.value, _NAMES.value,
                                   _SAMPLER.value)
   except (FileNotFoundError, ValueError) as e:  # messages say what to do

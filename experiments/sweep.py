@@ -12,7 +12,8 @@ maps index -> overrides; `--index=N` runs one point (Slurm: --index=$SLURM_ARRAY
 the same command again resumes unfinished points and skips finished ones.
 --mode=vmap trains each shape group's points together in one compiled step
 (sosvae_jax/sweep_vmap.py). Exit status: 0 all finished, 1 a point failed,
-2 a bad sweep, 4 stopped by a signal (rerun to resume).
+2 a bad sweep, 4 stopped by a signal (rerun to resume), 5 a table or file
+could not be written (disk full: free space, then rerun).
 The logic lives in sosvae_jax/sweep.py.
 """
 
@@ -86,7 +87,8 @@ def main(argv):
   logs.setup()
   if argv[1:] == ['collect']:
     try:
-      sys.exit(1 if _collect() else 0)
+      with cli.write_failure_ends_quietly():
+        sys.exit(1 if _collect() else 0)
     except sweep.SweepError as e:
       logging.error('%s', e)
       sys.exit(2)
@@ -109,18 +111,19 @@ def main(argv):
     logging.error('%s', e)
     sys.exit(2)
   print(sweep.describe_groups(groups))
-  sweep.write_manifest(FLAGS.workdir, sweep.manifest(config_arg, base_overrides, points, groups,
-                                                     _sweep_file_spec()))
-  chosen = points if FLAGS.index is None else [points[FLAGS.index]]
-  if FLAGS.mode == 'print':
-    for p in chosen:
-      print(sweep.command(config_arg, base_overrides, p, evaluate=FLAGS.evaluate))
-    return
-  outcomes = sweep.run_sweep(chosen, sweep.ENGINES[FLAGS.mode], evaluate=FLAGS.evaluate,
-                             samplers=FLAGS.samplers)
-  for index, outcome in sorted(outcomes.items()):
-    logging.info('point %d: %s %s', index, outcome.status, outcome.message)
-  failed = FLAGS.index is None and _collect()
+  with cli.write_failure_ends_quietly():
+    sweep.write_manifest(FLAGS.workdir, sweep.manifest(config_arg, base_overrides, points,
+                                                       groups, _sweep_file_spec()))
+    chosen = points if FLAGS.index is None else [points[FLAGS.index]]
+    if FLAGS.mode == 'print':
+      for p in chosen:
+        print(sweep.command(config_arg, base_overrides, p, evaluate=FLAGS.evaluate))
+      return
+    outcomes = sweep.run_sweep(chosen, sweep.ENGINES[FLAGS.mode], evaluate=FLAGS.evaluate,
+                               samplers=FLAGS.samplers)
+    for index, outcome in sorted(outcomes.items()):
+      logging.info('point %d: %s %s', index, outcome.status, outcome.message)
+    failed = FLAGS.index is None and _collect()
   sys.exit(exit_code(failed, list(outcomes.values())))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -32,13 +33,65 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _is_storage_error(error: BaseException) -> bool:
+  """An error of the disk, not of the code: an OSError, or TensorStore's
+  ValueError for a failed file write ('RESOURCE_EXHAUSTED: ... No space left
+  on device [os_error_code='28']')."""
+  return isinstance(error, OSError) or (
+      isinstance(error, ValueError) and 'os_error_code' in str(error))
+
+
+@contextlib.contextmanager
+def storage_errors(manager: ocp.CheckpointManager):
+  """A checkpoint that cannot be written becomes WriteError naming the folder.
+
+  orbax saves in a background thread: a full disk surfaces as OSError (or
+  TensorStore's ValueError) at the next save or wait_until_finished, not at
+  the save that failed. The unfinished save is left in a folder
+  STEP.orbax-checkpoint-tmp that readers skip and the next save of that step
+  replaces, so the latest complete checkpoint stays restorable.
+  """
+  try:
+    yield
+  except (OSError, ValueError) as e:
+    if not _is_storage_error(e):
+      raise
+    # An earlier save may still be committing in the background: let it
+    # finish, or the exit that follows kills it and loses that checkpoint too.
+    try:
+      manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the failed save itself: `e` already reports it
+    directory = str(manager.directory)
+    steps = checkpoint_steps(os.path.dirname(directory))
+    kept = (f'the latest complete checkpoint, step {steps[-1]}, is kept and the run '
+            'resumes from it' if steps else 'no checkpoint was complete yet, so the '
+            'run starts again')
+    # TensorStore appends its whole spec (kilobytes of JSON) to the message.
+    cause = workdir_lib.error_cause(e).split(' [tensorstore_spec=')[0]
+    raise workdir_lib.WriteError(
+        f'Cannot write a checkpoint to {directory}: {cause}; {kept}. Free space on '
+        'that disk, then rerun the same command.') from e
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int) -> bool:
-  """Saves `state` unless it holds a non-finite value (then logs and skips)."""
+  """Saves `state` unless it holds a non-finite value (then logs and skips).
+
+  WriteError when this save or the previous one (still in the background)
+  cannot be written.
+  """
   if not bool(train_state_lib.all_finite(state)):
     logging.error('Not saving step %d: the state holds non-finite values.', step)
     return False
-  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  with storage_errors(manager):
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
   return True
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Waits for the background saves; WriteError if one could not be written."""
+  with storage_errors(manager):
+    manager.wait_until_finished()
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -418,7 +418,7 @@ def _train_locked(points: Sequence[sweep.Point], devices,
     if pending is not None and live():
       check_nonfinite(pending, step)
   for m in managers:
-    m.wait_until_finished()
+    checkpoints.wait_for_saves(m)
     m.close()
   for w in writers:
     w.flush()

@@ -314,7 +314,7 @@ def _check_nonfinite(in_a_row: int, step: int, limit: int,
   logging.warning('Step %d: non-finite loss, gradient or update; parameters and '
                   'multipliers left unchanged (%d in a row).', step, in_a_row)
   if in_a_row >= limit:
-    manager.wait_until_finished()
+    checkpoints.wait_for_saves(manager)
     last = manager.latest_step()
     where = (f'the last good checkpoint is step {last} in {manager.directory}'
              if last is not None else 'no checkpoint was written yet')
@@ -478,7 +478,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
         checkpoints.save_checkpoint(manager, state, step)
       if stop.reached(step):
         saved = checkpoints.save_checkpoint(manager, state, step)
-        manager.wait_until_finished()
+        checkpoints.wait_for_saves(manager)
         logging.warning('%s: %s at step %d; rerun the same command to resume.',
                         stop.reason(),
                         'checkpoint written' if saved else 'no checkpoint written',
@@ -489,7 +489,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   if start_step >= config.num_steps:
     logging.info('Nothing to do: checkpoint step %d >= num_steps %d.', start_step,
                  config.num_steps)
-  manager.wait_until_finished()
+  checkpoints.wait_for_saves(manager)
   manager.close()
   writer.flush()
   writer.close()
