@@ -600,7 +600,8 @@ def is_trained(workdir: str, num_steps: int) -> bool:
   return bool(steps) and steps[-1] >= num_steps
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+def read_json(path: str) -> dict[str, Any] | None:
+  """A JSON file's content, or None where it is absent or unreadable."""
   try:
     with open(path) as f:
       return json.load(f)
@@ -660,7 +661,7 @@ def evaluate_point(point: Point, samplers: Sequence[str] | None = None) -> Outco
   from sosvae_jax.evaluation import evaluate, results, settings  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   steps = checkpoints.checkpoint_steps(point.workdir)
-  done = [_read_json(results.eval_file(point.workdir, 'results.json', s))
+  done = [read_json(results.eval_file(point.workdir, 'results.json', s))
           for s in samplers or (None,)]
   if steps and all(d is not None and d.get('step') == steps[-1] for d in done):
     return Outcome(FINISHED, 'evaluation already written')
@@ -747,7 +748,7 @@ def final_metrics(workdir: str) -> tuple[dict[str, float], int | None, str]:
       last = max(records, key=lambda r: r['step'])
       step, source = last['step'], 'metrics.jsonl'
       metrics = {k: _number(v) for k, v in last.items() if k not in ('step', 'split')}
-  results = _read_json(os.path.join(workdir, EVAL_RESULTS))
+  results = read_json(os.path.join(workdir, EVAL_RESULTS))
   if results is not None and (step is None or results.get('step', -1) >= step):
     metrics.update({k: _number(v) for k, v in results.get('metrics', {}).items()})
     step, source = results.get('step', step), EVAL_RESULTS
@@ -757,7 +758,7 @@ def final_metrics(workdir: str) -> tuple[dict[str, float], int | None, str]:
 def point_status(workdir: str, num_steps: int | None,
                  metrics: Mapping[str, float]) -> tuple[str, str]:
   """(status, message) of a point from what its workdir holds."""
-  record = _read_json(os.path.join(workdir, POINT_STATUS)) or {}
+  record = read_json(os.path.join(workdir, POINT_STATUS)) or {}
   message = record.get('message', '')
   if num_steps is not None and is_trained(workdir, num_steps):
     if record.get('stage') == 'evaluate' and record.get('status') == FAILED:

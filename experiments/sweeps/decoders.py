@@ -44,7 +44,6 @@ prior z's (docs/results.md shows them).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -201,14 +200,6 @@ def likelihood_kind(name: str) -> str:
   return 'mass' if likelihoods.LIKELIHOODS[name].discrete else 'density'
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def step_seconds(workdir: str) -> float | None:
   """Median seconds per train step over the logged intervals after the first
   (which holds the compilation)."""
@@ -224,7 +215,8 @@ def point_measurements(workdir: str, metrics: Mapping[str, float]) -> dict[str, 
   if out['mse_means'] is None:
     out['mse_means'] = metrics.get('mse')
   for sampler in SAMPLERS:
-    results = _read_json(results_lib.eval_file(workdir, results_lib.RESULTS_JSON, sampler)) or {}
+    results = sweep.read_json(
+        results_lib.eval_file(workdir, results_lib.RESULTS_JSON, sampler)) or {}
     m = results.get('metrics', {})
     for key in ('fid_classifier_means', 'fid_classifier_samples'):
       out[f'{key}_{sampler}'] = m.get(key)
