@@ -113,3 +113,17 @@ def test_classifier_fid_separates_classes_and_streams_exactly(data_cfg, tmp_path
 def test_bad_settings():
   with pytest.raises(ValueError, match='num_steps=0'):
     classifier.ClassifierSettings(num_steps=0)
+
+
+def test_the_default_data_uses_the_shipped_classifier_without_training(tmp_path, monkeypatch):
+  data_cfg = common.fashion_mnist_data()
+  monkeypatch.setattr(classifier, '_train', lambda *a, **k: pytest.fail('trained anew'))
+  trained = classifier.load_or_train_classifier(data_cfg, cache_dir=str(tmp_path))
+  assert trained.path.startswith(classifier.SHIPPED_DIR)
+  assert not list(tmp_path.iterdir())  # nothing written to the cache
+  # The shipped parameters are the network its meta.json describes.
+  test_images = input_pipeline.load_images(data_cfg, 'eval')
+  test_labels = labels_lib.load_labels(data_cfg, 'eval')
+  measured = classifier.accuracy(trained.model, trained.params, test_images, test_labels)
+  assert measured == pytest.approx(trained.test_accuracy, abs=2e-4)
+  assert measured >= 0.90

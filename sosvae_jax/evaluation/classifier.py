@@ -16,6 +16,12 @@ Caching: the trained classifier is stored under
 covers the dataset identity (source, name, image shape, a fingerprint of the
 training images and labels) and every training setting. Every workdir
 evaluated with the same data and settings therefore uses the same network.
+
+Shipped: SHIPPED_DIR holds the classifier of the default data (the Fashion-MNIST
+IDX files) and default settings, trained once by this module (its meta.json
+records how), so that a first evaluation does not spend minutes training it.
+It is used only where its folder name, the same hash, matches: other data or
+settings train their own.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from sosvae_jax.evaluation import labels as labels_lib
 
 Array = jax.Array
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'sosvae_jax', 'classifiers')
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), 'classifiers')
 _FORMAT = 1  # bump when the network or the training changes
 
 
@@ -214,7 +221,7 @@ def load_or_train_classifier(
     settings: ClassifierSettings | None = None,
     retrain: bool = False,
 ) -> TrainedClassifier:
-  """The cached feature classifier of a dataset, training it on first use.
+  """The cached (or shipped) feature classifier of a dataset, training it on first use.
 
   Args:
     data_cfg: config.data of the runs to compare (train split for training,
@@ -234,12 +241,13 @@ def load_or_train_classifier(
   cache_dir = os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
   path = os.path.join(cache_dir, cache_key(
       data_cfg, settings, _data_fingerprint(train_images, train_labels)))
-  loaded = None if retrain else _load(path, model)
-  if loaded is not None:
-    params, meta = loaded
-    logging.info('Using cached feature classifier %s (test accuracy %.4f).', path,
-                 meta['test_accuracy'])
-    return TrainedClassifier(params, model, meta['test_accuracy'], path, meta)
+  for where in () if retrain else (path, os.path.join(SHIPPED_DIR, os.path.basename(path))):
+    loaded = _load(where, model)
+    if loaded is not None:
+      params, meta = loaded
+      logging.info('Using the %s feature classifier %s (test accuracy %.4f).',
+                   'cached' if where == path else 'shipped', where, meta['test_accuracy'])
+      return TrainedClassifier(params, model, meta['test_accuracy'], where, meta)
   # Before training: a cache folder that cannot be made would lose its result.
   workdir_lib.make_folder(cache_dir, '--config.evaluation.classifier_cache_dir')
   logging.info('Training the feature classifier for classifier FID (%d steps); '
