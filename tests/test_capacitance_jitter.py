@@ -71,10 +71,14 @@ def test_plain_factorisation_fails_silently_on_the_case():
     assert np.all(np.isnan(dist.entropy()))
 
 
-# jitter -> relative tolerance of the gradients of (log_prob, entropy) w.r.t.
-# P. Float32 resolves the jittered C to ~10 u / jitter along its nearly
-# singular directions, which only the entropy's gradient weighs.
-GRAD_RTOL = {JITTER: (1e-2, 0.3), 1e-4: (1e-2, 1e-2)}
+# jitter -> relative tolerance of the gradients of log_prob and entropy
+# w.r.t. P. The case's columns are equal: their common direction, the mean
+# of log_prob's gradient's columns, is well resolved (MEAN_RTOL); how a gradient
+# splits between them lies along the near-null directions of the float32
+# Gram, which float32 resolves to ~10 u / jitter after the jitter, and how
+# much each gradient weighs them depends on the CPU's dot kernels.
+GRAD_RTOL = {JITTER: 0.3, 1e-4: 1e-2}
+MEAN_RTOL = 1e-2
 
 
 @pytest.mark.parametrize('jitter', sorted(GRAD_RTOL))
@@ -93,11 +97,16 @@ def test_jitter_gives_the_density_of_the_shrunk_factor(jitter):
   for b in range(len(x)):
     want = _dense(x[b], loc[b], factor[b], diag[b], float(delta[b]))
     # Float32 and a log-likelihood of ~4e3 nats: a few hundredths of a nat.
+    # Both hold the log-determinant of a capacitance of condition ~1e8, whose
+    # float32 rounding depends on the CPU's dot kernels: the entropy was
+    # 0.003 nat off on an Intel Xeon and 0.078 on an AMD EPYC.
     np.testing.assert_allclose(log_prob[b], want[0], atol=0.1)
-    np.testing.assert_allclose(entropy[b], want[1], atol=0.05)
-    for got, ref, rtol in zip((grad_lp[b], grad_h[b]), want[2:], GRAD_RTOL[jitter]):
+    np.testing.assert_allclose(entropy[b], want[1], atol=0.1)
+    for got, ref in zip((grad_lp[b], grad_h[b]), want[2:]):
       assert np.all(np.isfinite(got))
-      assert np.max(np.abs(got - ref)) <= rtol * np.max(np.abs(ref))
+      assert np.max(np.abs(got - ref)) <= GRAD_RTOL[jitter] * np.max(np.abs(ref))
+    mean_got, mean_ref = np.mean(grad_lp[b], -1), np.mean(want[2], -1)  # (S,)
+    assert np.max(np.abs(mean_got - mean_ref)) <= MEAN_RTOL * np.max(np.abs(mean_ref))
     # The exact density of the unshrunk P differs by more: delta is not free.
     exact = _dense(x[b], loc[b], factor[b], diag[b], 0.0)
     assert abs(exact[0] - want[0]) > 1.0
