@@ -290,8 +290,9 @@ def test_training_on_a_full_disk_ends_with_exit_5_and_keeps_the_last_checkpoint(
 @pytest.mark.slow  # a whole tiny evaluation: about a minute on 2 busy cores
 def test_evaluate_mode_on_a_full_disk_ends_with_exit_5(tmp_path, monkeypatch, caplog):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from experiments import main  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from sosvae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from sosvae_jax.evaluation import settings  # pylint: disable=g-import-not-at-top
   from sosvae_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from sosvae_jax import train  # pylint: disable=g-import-not-at-top
   config = default.get_config('smoke')
@@ -311,8 +312,11 @@ def test_evaluate_mode_on_a_full_disk_ends_with_exit_5(tmp_path, monkeypatch, ca
   (run / 'eval').mkdir()
   (run / 'eval' / 'results.json').write_text('{"old": "whole"}')
   _full_disk(monkeypatch, 'results.json')
-  with tfds.testing.mock_data(num_examples=48), pytest.raises(SystemExit) as stopped:
-    main._evaluate(str(run), config)  # pylint: disable=protected-access
+  # What experiments.main's --mode=evaluate runs; importing that module here
+  # would define its flags a second time beside experiments.sweep's.
+  with (tfds.testing.mock_data(num_examples=48), pytest.raises(SystemExit) as stopped,
+        cli.write_failure_ends_quietly()):
+    evaluate.evaluate_and_write(str(run), settings.from_config(config.evaluation))
   assert stopped.value.code == cli.WRITE_FAILED
   assert (run / 'eval' / 'results.json').read_text() == '{"old": "whole"}'
   assert _temporaries(tmp_path) == []
