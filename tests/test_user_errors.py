@@ -234,8 +234,10 @@ def test_config_json_edited_into_another_model_than_its_checkpoints(tmp_path):
 def test_classifier_cache_that_cannot_be_created_stops_before_training_it(tmp_path):
   run = _untrained_run(tmp_path / 'run')
   cache = tmp_path / ('x' * 300)  # longer than a file name may be
+  # Settings of its own: the shipped classifier of the default settings does not apply.
   code, err = _command('experiments.main', '--mode=evaluate', f'--workdir={run}', SMOKE,
-                       f'--config.evaluation.classifier_cache_dir={cache}')
+                       f'--config.evaluation.classifier_cache_dir={cache}',
+                       '--config.evaluation.classifier.num_steps=5')
   _assert_user_error((code, err), f"--config.evaluation.classifier_cache_dir='{cache}' "
                      'cannot be created')
   assert 'Feature classifier training' not in err
