@@ -145,6 +145,15 @@ def diagonal_gaussian_likelihood() -> ml_collections.ConfigDict:
       'diagonal_gaussian', config.likelihood, config.data.image_shape[-1]))
 
 
+# ':smoke' evaluation (config.evaluation fields): every metric of the full
+# one on a few dozen images. The classifier keeps its default settings, so a
+# smoke evaluation loads the shipped feature classifier instead of training one.
+SMOKE_EVALUATION = {
+    'eval_examples': 16, 'iwae_k': 2, 'iwae_chunk': 2, 'num_samples': 16,
+    'batch_size': 8, 'mi_examples': 8, 'mi_samples': 2, 'coherence_examples': 8,
+    'gmm_examples': 64, 'structure_examples': 8}
+
+
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """':smoke': the same experiment shrunk to a run of seconds on a CPU."""
   config.model.channels = (8, 16)
@@ -162,4 +171,5 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.eval_examples = 16
   config.num_figure_images = 4
   config.data.num_threads = 1
+  config.evaluation.update(SMOKE_EVALUATION)
   return config

@@ -52,6 +52,7 @@ import ml_collections
 import numpy as np
 
 from experiments.configs import beta_vae as diagonal_config
+from experiments.configs import common
 from experiments.configs import default as sos_config
 from experiments.configs import sos_shared_head
 from experiments.configs.lin2019 import fashion_mnist as lin_config
@@ -84,12 +85,7 @@ GRIDS = {None: (STEPS, SEEDS), 'first_seed': (STEPS, SEEDS[:1]), 'smoke': (6, (0
 # images per sampler; the smoke grid's are seconds long.
 EVALUATION = {'evaluation.eval_examples': 1000, 'evaluation.iwae_k': 20,
               'evaluation.num_samples': 5000, 'evaluation.mi_examples': 0}
-SMOKE_EVALUATION = {
-    'evaluation.eval_examples': 16, 'evaluation.iwae_k': 2, 'evaluation.iwae_chunk': 2,
-    'evaluation.num_samples': 16, 'evaluation.batch_size': 8,
-    'evaluation.mi_examples': 0, 'evaluation.coherence_examples': 8,
-    'evaluation.gmm_examples': 32, 'evaluation.gmm_components': 2,
-    'evaluation.structure_examples': 8, 'evaluation.classifier.num_steps': 5}
+SMOKE_EVALUATION = {f'evaluation.{k}': v for k, v in common.SMOKE_EVALUATION.items()}
 # The best beta of experiments/sweeps/beta_grid.py (highest test ELBO at its
 # own sigma; docs/results.md, the beta grid).
 BEST_BETA = 0.03
