@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments.sweeps import beta_grid
 from sosvae_jax import checkpoints
@@ -55,6 +56,7 @@ def test_points_of_the_grid():
   assert all(p['kl_weight'] == 1.0 for p in sigma_vae)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_reports_each_model_under_its_own_sigma(tmp_path):
   root = tmp_path / 'grid'
   done = subprocess.run(

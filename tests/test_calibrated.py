@@ -117,6 +117,7 @@ def test_debiased_average_is_the_weighted_mean_from_the_first_update():
 # ---------------------------------------------------------------------------
 # Heads' log_prob against float64 references.
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fixed_sigma_log_prob():
   head = ch.GaussianFixedSigma(C, sigma=0.3)
   f, x = _features(), _target()
@@ -313,6 +314,7 @@ def _stats_leaf(tree, name):
   return found[0]
 
 
+@pytest.mark.slow
 def test_two_stage_switch_on_plateau_in_a_smoke_run(tmp_path):
   """The loop lowers switch_step when the eval ELBO stalls (switch by step:
   tests/test_sigma_configs.py, through the train step)."""

@@ -81,6 +81,7 @@ GRAD_RTOL = {JITTER: 0.3, 1e-4: 1e-2}
 MEAN_RTOL = 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('jitter', sorted(GRAD_RTOL))
 def test_jitter_gives_the_density_of_the_shrunk_factor(jitter):
   x, loc, factor, diag = _failing_case()
@@ -112,6 +113,7 @@ def test_jitter_gives_the_density_of_the_shrunk_factor(jitter):
     assert abs(exact[0] - want[0]) > 1.0
 
 
+@pytest.mark.slow
 def test_x64_factorises_in_float64_without_jitter():
   """With jax_enable_x64 the same float32 case factorises exactly: delta = 0."""
   x, loc, factor, diag = _failing_case()
@@ -332,6 +334,7 @@ def _blow_up_factor_head(params, scale):
   return jax.tree_util.tree_map_with_path(grow, params)
 
 
+@pytest.mark.slow
 def test_train_step_reads_the_field():
   """Through train.setup: a fresh model (P ~ 1e-5) gets bit for bit the exact
   step; with P blown up the exact step is non-finite and the jittered one not."""
@@ -354,6 +357,7 @@ def test_train_step_reads_the_field():
   assert not np.isfinite(blown[0]) and np.isfinite(blown[1]), blown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('jitter', [0.0, JITTER])
 def test_the_run_diagnoses_with_its_own_jitter(jitter):
   """train.batch_diagnosis (what the run calls on non-finite steps) on a

@@ -67,6 +67,7 @@ def test_labels_errors_are_explained(tmp_path):
     labels_lib.load_labels(cfg, 'train')
 
 
+@pytest.mark.slow
 def test_trains_once_then_loads_from_cache(data_cfg, tmp_path, monkeypatch):
   trained = classifier.load_or_train_classifier(data_cfg, cache_dir=str(tmp_path),
                                                 settings=SETTINGS)
@@ -88,6 +89,7 @@ def test_trains_once_then_loads_from_cache(data_cfg, tmp_path, monkeypatch):
     classifier.load_or_train_classifier(data_cfg, cache_dir=str(tmp_path), settings=other)
 
 
+@pytest.mark.slow
 def test_classifier_fid_separates_classes_and_streams_exactly(data_cfg, tmp_path):
   trained = classifier.load_or_train_classifier(data_cfg, cache_dir=str(tmp_path),
                                                 settings=SETTINGS)
@@ -115,6 +117,7 @@ def test_bad_settings():
     classifier.ClassifierSettings(num_steps=0)
 
 
+@pytest.mark.slow
 def test_the_default_data_uses_the_shipped_classifier_without_training(tmp_path, monkeypatch):
   data_cfg = common.fashion_mnist_data()
   monkeypatch.setattr(classifier, '_train', lambda *a, **k: pytest.fail('trained anew'))

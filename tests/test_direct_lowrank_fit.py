@@ -54,6 +54,7 @@ def test_isotropic_fit_reaches_ppca_maximum_float64():
   assert history.shape == (1500,) and history[-1] > history[0]
 
 
+@pytest.mark.slow
 def test_diagonal_fit_float32_beats_isotropic():
   """A free diagonal D fits at least as well as sigma^2 I (it contains it)."""
   rng = np.random.default_rng(11)
@@ -69,6 +70,7 @@ def test_diagonal_fit_float32_beats_isotropic():
   assert _mean_logpdf(data, diagonal) > _mean_logpdf(data, isotropic)
 
 
+@pytest.mark.slow
 def test_fit_prints_progress_and_keeps_the_history(capsys):
   """The figures command's minute-long fit says how far it is, on stderr."""
   data = _data(np.random.default_rng(3), 50, 6, 2).astype(np.float32)

@@ -44,6 +44,7 @@ def _out(inter, name):
   return np.asarray(inter[name]['__call__'][0], np.float64)
 
 
+@pytest.mark.slow
 def test_bernoulli_head_against_float64():
   f, x, _ = _inputs()
   log_prob, inter, _ = _run(dh.BernoulliHead(C), f, x)
@@ -134,6 +135,7 @@ def test_head_masses_over_256_levels_sum_to_one(head):
 # Through the registry. (A full train step of these heads is in
 # tests/test_sigma_configs.py; compiling one per head would be too slow here.)
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['bernoulli', 'categorical', 'bitwise_categorical',
                                   'logistic_mixture', 'student_t'])
 def test_head_from_the_registry_learns_a_batch(name):

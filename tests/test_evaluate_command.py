@@ -65,6 +65,7 @@ def runs(tmp_path_factory):
   return prior_dir, gmm_dir, gmm_results
 
 
+@pytest.mark.slow
 def test_cli_flags_reach_the_evaluation(runs, tmp_path):
   """--mode=evaluate reads config.evaluation overrides; bad ones exit 2 with one line.
 
@@ -82,6 +83,7 @@ def test_cli_flags_reach_the_evaluation(runs, tmp_path):
   assert 'pt_inception-2015-12-05' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_writes_finite_results(runs):
   prior_dir, _, _ = runs
   results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
@@ -105,6 +107,7 @@ def test_writes_finite_results(runs):
   assert (prior_dir / 'eval' / 'results_prior.md').read_text() == markdown
 
 
+@pytest.mark.slow
 def test_gmm_sampler_and_shared_classifier(runs):
   prior_dir, gmm_dir, results = runs
   assert results['sampler'] == 'gmm' and results['gmm_components'] == 3
@@ -117,6 +120,7 @@ def test_gmm_sampler_and_shared_classifier(runs):
   assert results['metrics']['elbo'] == pytest.approx(prior['metrics']['elbo'], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_report_combines_runs(runs, tmp_path):
   prior_dir, gmm_dir, _ = runs
   paths = report.write_report([str(prior_dir), str(gmm_dir)], str(tmp_path / 'report'))
@@ -164,6 +168,7 @@ def test_bits_per_dim_known_answers():
       3 + math.log2(255))
 
 
+@pytest.mark.slow
 def test_bad_requests_are_explained(runs, tmp_path):
   prior_dir, _, _ = runs
   with pytest.raises(ValueError, match=r"inception_weights='/no/such.npz'.*pt_inception"):
@@ -174,6 +179,7 @@ def test_bad_requests_are_explained(runs, tmp_path):
     report.write_report([str(prior_dir), str(tmp_path)], str(tmp_path / 'r'))
 
 
+@pytest.mark.slow
 def test_gmm_evaluation_keeps_the_prior_results(runs, tmp_path):
   prior_dir, gmm_dir, gmm_results = runs
   prior = json.loads((prior_dir / 'eval' / 'results.json').read_text())
@@ -193,6 +199,7 @@ def test_gmm_evaluation_keeps_the_prior_results(runs, tmp_path):
     report.write_report([str(prior_dir)], str(tmp_path / 'none'), sampler='gmm')
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_results_and_hparams(runs):
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   _, gmm_dir, gmm_results = runs
@@ -215,6 +222,7 @@ def test_tensorboard_gets_results_and_hparams(runs):
   assert b'likelihood.name' in content and b'lowrank_gaussian' in content
 
 
+@pytest.mark.slow
 def test_low_rank_runs_report_their_structure(runs):
   prior_dir, _, _ = runs
   results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
@@ -241,6 +249,7 @@ def test_low_rank_runs_report_their_structure(runs):
   assert f'| {span} | ' in markdown and markdown.split(f'| {span} | ')[1].split('|')[1].strip() == '-'
 
 
+@pytest.mark.slow
 def test_structure_of_a_restored_run_equals_the_evaluation(runs):
   prior_dir, _, _ = runs
   results = json.loads((prior_dir / 'eval' / 'results.json').read_text())
@@ -257,6 +266,7 @@ def test_structure_of_a_restored_run_equals_the_evaluation(runs):
     assert metrics[k] == pytest.approx(results['metrics'][k], rel=1e-5, abs=1e-7), k
 
 
+@pytest.mark.slow
 def test_structure_of_run_refuses_a_likelihood_without_factor(runs):
   prior_dir, _, _ = runs
   run = checkpoints.restore_run(str(prior_dir))

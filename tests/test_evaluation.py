@@ -68,6 +68,7 @@ def test_iwae_is_log_mean_weight():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_iwae_below_exact_and_tightens_with_k():
   model = _make_linear_gaussian(seed=0)
   mean, cov = _imperfect_proposal(model)

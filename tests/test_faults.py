@@ -170,6 +170,7 @@ def _command_on_a_full_disk(name: str, module: str, *args):
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
+@pytest.mark.slow
 def test_report_command_ends_with_exit_5_and_keeps_the_old_report(tmp_path):
   # A subprocess: experiments.report's required flags, once imported, would
   # refuse every later in-process flag parse of the suite.

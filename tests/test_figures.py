@@ -72,6 +72,7 @@ def rendered(tmp_path_factory):
   return config, workdir, written, data
 
 
+@pytest.mark.slow
 def test_writes_every_figure_with_its_grid(rendered):
   config, workdir, written, _ = rendered
   shape = tuple(config.data.image_shape)
@@ -92,6 +93,7 @@ def test_writes_every_figure_with_its_grid(rendered):
     assert _grid_shape(written[name], shape, below) == grid_shape, name
 
 
+@pytest.mark.slow
 def test_figure7_log_likelihood_matches_ppca(rendered):
   config, _, written, data = rendered
   with open(written['figure7_json']) as f:
@@ -164,6 +166,7 @@ def test_figure2_maps_share_one_scale_with_colour_bars():
   np.testing.assert_array_equal(dim[0, 0], expected[figures.PAD, figures.PAD])
 
 
+@pytest.mark.slow
 def test_pixelwise_likelihood_gives_figure2_only(tmp_path):
   """Also: a checkpoint of an older TrainState is read, and left in place."""
   config = _smoke_config(name='diagonal_gaussian')

@@ -81,6 +81,7 @@ def converted(tmp_path_factory):
   return folder, state
 
 
+@pytest.mark.slow
 def test_converter_maps_every_pytorch_fid_name(converted):
   folder, state = converted
   assert len(_pytorch_fid_convs()) == 94
@@ -136,6 +137,7 @@ def test_resize_is_torch_bilinear_half_pixel():
   np.testing.assert_allclose(got[0, :, :, 1], 2 * expected - 1, atol=1e-5)  # float32 weights
 
 
+@pytest.mark.slow
 def test_features_shape_and_chunking(converted):
   folder, _ = converted
   fn = inception.feature_fn(inception.load_inception_weights(str(folder / 'fid.npz')))

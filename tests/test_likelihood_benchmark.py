@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_ratios_flops_and_accuracy(tmp_path):
   out = tmp_path / 'likelihood.json'
   result = subprocess.run(
@@ -32,6 +35,7 @@ def test_tiny_run_prints_ratios_flops_and_accuracy(tmp_path):
   assert check < 1e-10
 
 
+@pytest.mark.slow
 def test_a_stuck_call_ends_the_run_with_its_name_and_the_advice():
   """A deadlocked XLA:CPU call never returns: the watchdog ends the run."""
   script = (

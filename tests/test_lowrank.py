@@ -205,6 +205,7 @@ def test_gradients_finite_with_tiny_diagonal():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
+@pytest.mark.slow
 def test_sample_covariance_and_noise_parts(x64):
   rng = np.random.default_rng(7)
   loc, factor, diag = _params(rng, (2,), 4, 2)
@@ -352,6 +353,7 @@ def _rel_err(got, want):
   return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=8, deadline=None)
 @hypothesis.given(batch=hst.lists(hst.integers(1, 3), max_size=2).map(tuple),
                   rank=hst.integers(1, 5), extra=hst.integers(0, 12),
@@ -472,6 +474,7 @@ def _count_primitives(jaxpr, name):
   return count
 
 
+@pytest.mark.slow
 def test_log_prob_and_entropy_share_one_factorisation(x64):
   """One Cholesky for value and gradient of log_prob + entropy; same values."""
   rng = np.random.default_rng(14)
@@ -514,6 +517,7 @@ def test_bfloat16_inputs_compute_in_float32():
   assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('diag_value', [None, 1e-5])
 def test_diagonal_mean_gradient_routes_only_the_mean(x64, diag_value):
   """mean_gradient='diagonal': same values; d/dmu = D^-1 (x - mu), d/dP and d/dd
@@ -545,6 +549,7 @@ def test_diagonal_mean_gradient_routes_only_the_mean(x64, diag_value):
     LowRankMultivariateNormal(loc, factor, diag, mean_gradient='diag')
 
 
+@pytest.mark.slow
 def test_autodiff_form_scores_many_rows_with_shared_parameters(x64):
   """One mu, P, d for a batch of rows (the direct fit's and PPCA's case),
   also ill-conditioned: scipy per row; gradients equal lowrank_log_prob's."""

@@ -147,6 +147,7 @@ def test_value_and_all_gradients_match_dense_float64(x64, batch, rank, kind):
     assert _rel_err(got, ref) < tol, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['benign', 'parallel'])
 def test_gradients_against_float64_finite_differences(x64, kind):
   """Directional derivatives of log_prob and entropy, R = 1 and R = 4."""

@@ -39,6 +39,7 @@ def _main(tmp_path, *flags):
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
+@pytest.mark.slow
 def test_cli_trains_with_overrides_and_resumes(tmp_path):
   result = _main(tmp_path, '--config.likelihood.rank=2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -49,12 +50,14 @@ def test_cli_trains_with_overrides_and_resumes(tmp_path):
   assert 'Resumed from checkpoint at step 6' in again.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_unknown_config_field(tmp_path):
   result = _main(tmp_path, '--config.likelihood.rnak=2')
   assert result.returncode != 0
   assert 'rnak' in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_with_one_clear_message(tmp_path):
   result = _main(tmp_path, '--config.likelihood.rank=0', '--config.optimizer.learning_rate=-1')
   assert result.returncode == 2, result.stderr[-3000:]
@@ -64,6 +67,7 @@ def test_cli_bad_input_exits_with_one_clear_message(tmp_path):
   assert not (tmp_path / 'checkpoints').exists()  # stopped before training
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_misspelt_config_argument(tmp_path):
   cmd = [sys.executable, '-m', 'experiments.main',
          '--config=experiments/configs/default.py:smok', f'--workdir={tmp_path}']
@@ -81,6 +85,7 @@ def _evaluate(tmp_path, *flags):
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
+@pytest.mark.slow
 def test_cli_evaluation_settings_come_from_config_evaluation(tmp_path):
   result = _evaluate(tmp_path, '--config=experiments/configs/default.py:smoke',
                      '--config.evaluation.num_samples=1', '--config.evaluation.iwae_k=-2')
@@ -104,6 +109,7 @@ def _check(tmp_path, *flags):
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_check_mode_reports_without_training_or_writing(tmp_path):
   result = _check(tmp_path, '--config.likelihood.rank=3')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -124,6 +130,7 @@ def test_check_mode_reports_without_training_or_writing(tmp_path):
               if l.startswith('I') and ('orbax' in l or 'checkpoint_manager' in l)]
 
 
+@pytest.mark.slow
 def test_check_mode_exits_2_with_the_checkers_message(tmp_path):
   result = _check(tmp_path, '--config.likelihood.rank=0')
   assert result.returncode == 2, result.stderr[-3000:]
@@ -143,6 +150,7 @@ def test_dry_run_names_a_workdir_that_cannot_be_created(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_dry_run_parameter_count_matches_an_initialised_model():
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   from sosvae_jax import dry_run, train  # pylint: disable=g-import-not-at-top

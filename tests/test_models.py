@@ -29,6 +29,7 @@ def _init(config):
   return model, params, x
 
 
+@pytest.mark.slow
 def test_sos_vae_outputs_lowrank_with_fixed_diagonal():
   config = default.get_config('smoke')
   model, params, x = _init(config)
@@ -45,6 +46,7 @@ def test_sos_vae_outputs_lowrank_with_fixed_diagonal():
   assert float(jnp.std(kernel)) == pytest.approx(1e-5, rel=0.2)
 
 
+@pytest.mark.slow
 def test_beta_vae_outputs_diagonal_gaussian_on_same_trunk():
   sos_model, sos_params, _ = _init(default.get_config('smoke'))
   beta_model, beta_params, x = _init(beta_vae.get_config('smoke'))
@@ -116,6 +118,7 @@ def _basis_config(**likelihood):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('make_config', [_factor_decoder_config, _basis_config],
                          ids=['conv_decoder', 'basis'])
 def test_factor_decoder_sends_no_gradient_from_p_into_encoder_or_mean_trunk(make_config):
@@ -134,6 +137,7 @@ def test_factor_decoder_sends_no_gradient_from_p_into_encoder_or_mean_trunk(make
              for g in jax.tree.leaves(grads['likelihood']['factor_decoder']))
 
 
+@pytest.mark.slow
 def test_factor_trunk_smoke_train_step_updates_the_factor_decoder():
   config, state, step = train_fixtures.smoke_step(_factor_decoder_config())
   after, metrics = step(state, train_fixtures.random_batch(0))
@@ -178,6 +182,7 @@ def test_factor_basis_is_a_learned_basis_times_coefficients_of_z():
   assert all(jax.tree.leaves(mask['likelihood']['factor_decoder']))
 
 
+@pytest.mark.slow
 def test_factor_basis_smoke_train_step_updates_the_basis():
   config, state, step = train_fixtures.smoke_step(sos_basis.get_config('smoke'))
   after, metrics = step(state, train_fixtures.random_batch(0))
@@ -201,6 +206,7 @@ def test_bad_factor_basis_is_named(change, words):
   assert len(problems) == 1 and 'factor_basis' in problems[0] and words in problems[0]
 
 
+@pytest.mark.slow
 def test_diagonal_mean_gradient_trains_the_mean_as_the_diagonal_normal():
   """Through the whole VAE: the mean trunk's and encoder's gradients of
   log p(x|z) are those of log N(x; mu, D); the factor decoder's are those

@@ -188,6 +188,7 @@ def _reference_single_process(global_batches: np.ndarray):
   return np.asarray(losses), params, mults
 
 
+@pytest.mark.slow
 def test_each_process_reads_its_own_shard(results):
   outputs = results['outputs']
   batch_size = default.get_config('smoke').batch_size
@@ -205,6 +206,7 @@ def test_each_process_reads_its_own_shard(results):
   assert not flat(outputs[0]['local_batches']) & flat(outputs[1]['local_batches'])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(results):
   losses, params, mults = results['reference']
   for got in results['outputs']:
@@ -223,6 +225,7 @@ def test_two_processes_match_one_process(results):
                                atol=0.01 * _LEARNING_RATE * _NUM_STEPS)
 
 
+@pytest.mark.slow
 def test_processes_hold_identical_replicas(results):
   outputs = results['outputs']
   # Replicated parameters must be bitwise equal on every process.
@@ -230,6 +233,7 @@ def test_processes_hold_identical_replicas(results):
   np.testing.assert_array_equal(outputs[0]['losses'], outputs[1]['losses'])
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_both_processes(results):
   step_dir = results['dir'] / 'run' / 'checkpoints' / str(_NUM_STEPS - 1)
   assert (step_dir / 'commit_success.txt').exists() or \
@@ -239,6 +243,7 @@ def test_checkpoint_written_by_both_processes(results):
   assert {f'ocdbt.process_{i}' for i in range(_NUM_PROCESSES)} <= written, written
 
 
+@pytest.mark.slow
 def test_resumed_step_repeats_the_uninterrupted_step(results):
   for got in results['outputs']:
     assert int(got['resumed_from']) == _NUM_STEPS - 1
@@ -311,6 +316,7 @@ def stats_results(tmp_path_factory):
     return dict(data)
 
 
+@pytest.mark.slow
 def test_running_statistics_do_not_depend_on_device_count(stats_results):
   r = stats_results
   assert np.all(np.isfinite(r['losses_4']))

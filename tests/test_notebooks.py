@@ -23,6 +23,7 @@ def test_committed_without_outputs(path):
       assert not cell.outputs and cell.execution_count is None, path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, monkeypatch, tmp_path):
   monkeypatch.setenv('SOSVAE_NOTEBOOK_SMOKE', '1')

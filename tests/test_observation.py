@@ -140,6 +140,7 @@ def test_slerp_parallel_and_antiparallel_fall_back_to_linear():
                              rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_slerp_noise_grid_and_samples():
   rng = np.random.default_rng(1)
   corners = rng.normal(size=(4, _R))

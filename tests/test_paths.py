@@ -100,6 +100,7 @@ def test_main(home):
     assert line in err, err[-3000:]
 
 
+@pytest.mark.slow
 def test_sweep(home):
   (home / 'seeds.py').write_text("def get_sweep():\n  return [{'seed': 0}, {'seed': 1}]\n")
   code, err = _command(home, 'experiments.sweep', f'--config={ROOT}/experiments/configs/'
@@ -111,6 +112,7 @@ def test_sweep(home):
   assert f'--workdir=~/sweep resolves to {home}/sweep' in err
 
 
+@pytest.mark.slow
 def test_figures(home):
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

@@ -114,6 +114,7 @@ def _case(name: str) -> dict:
   return _CACHE[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', _NAMES)
 def test_bfloat16_log_likelihood_close_to_float32(name):
   ll32, ll16 = _case(name)['ll32'], _case(name)['ll16']
@@ -126,6 +127,7 @@ def test_bfloat16_log_likelihood_close_to_float32(name):
   assert np.any(ll16 != ll32), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', _NAMES)
 def test_likelihood_maths_stays_float32(name):
   jaxpr = _case(name)['jaxpr']

@@ -63,6 +63,7 @@ def checked_run(tmp_path_factory):
   return types.SimpleNamespace(donation=donation, state=state)
 
 
+@pytest.mark.slow
 def test_train_and_eval_steps_traced_once(checked_run):
   # Reaching the end means neither function was traced twice, though the
   # step ran 6 times and eval_step at steps 3 and 6 on several batches.
@@ -78,6 +79,7 @@ def test_a_second_trace_is_caught():
     fn(jax.numpy.zeros(3))
 
 
+@pytest.mark.slow
 def test_state_buffers_donated(checked_run):
   # Every leaf of the state given to the step was consumed (donated): the
   # step updates parameters and optimizer state in place, without a second

@@ -65,6 +65,7 @@ def _assert_same(a, b):
 
 
 # ---------------------------------------------------------------- non-finite
+@pytest.mark.slow
 def test_nonfinite_step_leaves_state_unchanged_and_is_counted():
   config = _config(**{'optimizer.learning_rate': 1e38})  # step 1 -> huge params
   _, state, step = train_fixtures.smoke_step(config)
@@ -80,6 +81,7 @@ def test_nonfinite_step_leaves_state_unchanged_and_is_counted():
   assert bool(train_state.all_finite(after_two))
 
 
+@pytest.mark.slow
 def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
   config = _config(**{'optimizer.learning_rate': 1e38, 'max_nonfinite_steps': 3,
                       'num_steps': 12, 'checkpoint_every_steps': 2, 'eval_every_steps': 100,
@@ -94,6 +96,7 @@ def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
     assert bool(train_state.all_finite(_restore(str(tmp_path), s, like)))
 
 
+@pytest.mark.slow
 def test_save_refuses_nonfinite_state(tmp_path):
   config = _config()
   _, state, _ = train_fixtures.smoke_step(config)
@@ -107,6 +110,7 @@ def test_save_refuses_nonfinite_state(tmp_path):
 
 
 # ---------------------------------------------------------------- corrupt checkpoint
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_is_skipped(tmp_path, caplog):
   straight = _run(_config(), tmp_path / 'a')
   _run(_config(), tmp_path / 'b')  # checkpoints 3 and 6
@@ -148,6 +152,7 @@ LONG = ['--config.num_steps=1500', '--config.checkpoint_every_steps=100',
         '--config.log_every_steps=50', '--config.eval_every_steps=1500']
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   proc = _start(tmp_path, '--config.num_steps=100000', '--config.checkpoint_every_steps=100000',
                 '--config.log_every_steps=10', '--config.eval_every_steps=100000')
@@ -160,6 +165,7 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   assert len(steps) == 1 and 0 < steps[0] < 100000
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path):
   config = _config(**{'num_steps': 1500, 'checkpoint_every_steps': 100,
                       'log_every_steps': 50, 'eval_every_steps': 1500})
@@ -177,6 +183,7 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path):
   _assert_same(reference, resumed)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_not_quarantined(tmp_path):
   """Structure mismatch is not corruption: stop with a message, move nothing."""
   from sosvae_jax import config_checks
@@ -191,6 +198,7 @@ def test_checkpoint_of_another_model_is_refused_not_quarantined(tmp_path):
   assert not (tmp_path / 'corrupt_checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_exits_4(tmp_path):
   proc = _start(tmp_path, '--config.num_steps=100000', '--config.checkpoint_every_steps=100000',
                 '--config.log_every_steps=10', '--config.eval_every_steps=100000')
@@ -226,6 +234,7 @@ def test_second_ctrl_c_exits_at_once():
   assert 'SIGINT (Ctrl-C) again: exiting at once' in proc.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_compile_in_the_setup_waits_for_it():
   """A KeyboardInterrupt inside a JAX trace or compile makes the interpreter's
   exit crash (a segfault, not exit code 130): the set-up's watch lets the
@@ -306,6 +315,7 @@ def _kill_hung(procs) -> None:
       p.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('interrupted', [(1,), (0, 1)], ids=['one process', 'all'])
 def test_ctrl_c_in_a_multiprocess_run_stops_all_at_one_step(tmp_path, interrupted):
   """Ctrl-C in one process of two (or in all, as a terminal sends it) is passed
@@ -365,6 +375,7 @@ def _main_interrupted_in_setup(target, workdir, *flags):
           '--config.data.source=tfds', '--config.num_steps=40', *flags]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('target', SETUP_POINTS)
 def test_ctrl_c_before_the_loop_ends_at_once_with_130(tmp_path, target):
   proc = subprocess.run(_main_interrupted_in_setup(target, tmp_path), cwd=ROOT,
@@ -377,6 +388,7 @@ def test_ctrl_c_before_the_loop_ends_at_once_with_130(tmp_path, target):
   assert _checkpoints(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_loop_of_a_multiprocess_run_stops_all_at_one_step(tmp_path):
   """Ctrl-C in one of two processes during the set-up: ending it alone would
   leave both hanging (the other in its first collective, this one in
@@ -400,6 +412,7 @@ def test_ctrl_c_before_the_loop_of_a_multiprocess_run_stops_all_at_one_step(tmp_
   assert _checkpoints(tmp_path) == [1]
 
 
+@pytest.mark.slow
 def test_diverging_run_ends_with_the_nonfinite_message(tmp_path):
   """A huge learning rate: NaN images at an evaluation must not crash the
   snapshots before the run stops with its own message and exit code 3."""

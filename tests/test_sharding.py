@@ -96,11 +96,13 @@ def results(tmp_path_factory):
     return dict(data)
 
 
+@pytest.mark.slow
 def test_batch_is_sharded_over_all_devices(results):
   np.testing.assert_array_equal(results['batch_devices_4'], [_NUM_DEVICES] * _NUM_STEPS)
   np.testing.assert_array_equal(results['batch_devices_1'], [1] * _NUM_STEPS)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(results):
   assert int(results['step_4']) == int(results['step_1']) == _NUM_STEPS
   assert float(results['learning_rate']) == _LEARNING_RATE
@@ -123,12 +125,14 @@ def test_four_devices_match_one_device(results):
   np.testing.assert_allclose(p4, p1, rtol=0, atol=0.01 * _LEARNING_RATE * _NUM_STEPS)
 
 
+@pytest.mark.slow
 def test_sharded_step_traces_once(results):
   # One trace per jitted step function over all _NUM_STEPS steps.
   assert int(results['traces_4']) == 1
   assert int(results['traces_1']) == 1
 
 
+@pytest.mark.slow
 def test_check_batch_size_raises_for_indivisible_batch(results):
   assert bool(results['indivisible_raised'])
 

@@ -68,6 +68,7 @@ def test_beta_vae_row_is_the_paper_objective():
   assert config.kl_weight > 0
 
 
+@pytest.mark.slow
 def test_fixed_sigma_equals_beta_vae_up_to_the_scale_beta():
   """sigma-VAE section 3: SSE + beta KL = beta * (negative ELBO at sigma = sqrt(beta/2))."""
   beta = 0.04
@@ -109,6 +110,7 @@ def test_bad_likelihood_fields_are_reported_by_the_checker():
     config_checks.check_config(lin, num_devices=1)
 
 
+@pytest.mark.slow
 def test_lin2019_smoke_config_switches_stage_at_switch_step():
   """Through the train step: stage one until step 3, then stage two."""
   config = _get('lin2019.fashion_mnist', 'smoke')

@@ -176,6 +176,7 @@ def test_report_matches_numpy_reference(num, chunk):
   _assert_report(report, _reference(factors, residuals, _S // 2))
 
 
+@pytest.mark.slow
 def test_float32_at_evaluation_size():
   # The size evaluation uses: 1000 images of 28x28, rank 25, in float32.
   rng = np.random.default_rng(7)

@@ -531,6 +531,7 @@ def _dense_rgb_gaussian(params, factor, k, d, detail):
   return np.stack(means), np.stack(covs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('factor,k,d', [(1, 3, 1), (2, 3, 1), (2, 5, 2)])
 def test_ycbcr_normal_is_a_dense_rgb_gaussian(factor, k, d):
   h, w, detail = 4, 6, 0.05

@@ -87,6 +87,7 @@ def test_gamma_log_density_matches_scipy():
           got, scipy.stats.gamma(a, scale=1.0 / b).logpdf(value), rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('k,d,a,b', [(3, 1, 2.0, 0.5), (5, 2, 0.5, 1e-2)])
 def test_gamma_prior_penalty_matches_scipy(k, d, a, b):
   """The sown term is -weight * batch mean of sum_p log Gamma(Lambda_pp)."""
@@ -153,6 +154,7 @@ def _dense_rgb_log_prob(dist, rgb):
   return np.array(out)
 
 
+@pytest.mark.slow
 def test_colour_head_through_the_loss_and_a_dense_rgb_reference():
   """The registry's C = 3 head inside train.loss_fn (finite loss, gradient
   and penalties) and its distribution against a dense float64 RGB Gaussian,
@@ -195,6 +197,7 @@ def test_colour_head_through_the_loss_and_a_dense_rgb_reference():
 # --------------------------------------------------------------- two phases ---
 
 
+@pytest.mark.slow
 def test_two_phases_basis_dilation_and_gamma_prior_in_training():
   """Mean first, then covariance: config.pretrain_steps freezes the heads
   its registry entry names (precision_diag_head, precision_offdiag_head with
@@ -271,6 +274,7 @@ def test_config_problems_are_reported():
 # --------------------------------------------------------------- end to end ---
 
 
+@pytest.mark.slow
 def test_fmnist_structured_smoke_trains(tmp_path):
   """The config end to end; alpha = 5e3 before variance_minimiser_switch_step
   (3 in the smoke config), then 10: the logged penalty is alpha * S * mse."""

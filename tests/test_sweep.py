@@ -306,6 +306,7 @@ def _checkpoint_times(root):
   return {str(p): p.stat().st_mtime_ns for p in pathlib.Path(root).glob('*/checkpoints/*')}
 
 
+@pytest.mark.slow
 def test_print_run_fail_index_rerun_and_collect(tmp_path):
   sweep_file = tmp_path / 'three.py'
   sweep_file.write_text(SWEEP_FILE)
@@ -403,6 +404,7 @@ def test_print_run_fail_index_rerun_and_collect(tmp_path):
   assert json.loads((root / 'sweep.json').read_text())['metrics'] == ['elbo', 'kl']
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_bad_grid_before_running(tmp_path):
   result = _run(f'--config={BASE}', '--grid=kl_weight=0.1,oops', f'--workdir={tmp_path}')
   assert result.returncode == 2

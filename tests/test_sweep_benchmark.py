@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'sweep_benchmark.py')
 
 
+@pytest.mark.slow
 def test_smoke_run_times_every_mode_against_one_process_per_point(tmp_path):
   out = tmp_path / 'sweep.json'
   result = subprocess.run(

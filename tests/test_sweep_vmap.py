@@ -112,6 +112,7 @@ def sos_runs(tmp_path_factory):
   return _train_both_ways(str(root), _smoke(default), SOS_POINTS)
 
 
+@pytest.mark.slow
 def test_vmapped_sos_vae_points_equal_their_single_runs(sos_runs):
   finals = _assert_same_runs(*sos_runs)
   # The constraints acted: the multipliers moved away from 0.
@@ -119,6 +120,7 @@ def test_vmapped_sos_vae_points_equal_their_single_runs(sos_runs):
   assert any(evals['multiplier_entropy'] > 0 for _, evals in finals)
 
 
+@pytest.mark.slow
 def test_looped_sos_vae_points_equal_their_single_runs(sos_runs, tmp_path):
   # --mode=loop: the same engine, the one-point step compiled once and
   # applied to each point in turn (the faster on XLA:CPU).
@@ -142,6 +144,7 @@ def test_over_points_loop_equals_vmap_with_shared_arguments():
     sweep_vmap.over_points(fn, 'pmap')
 
 
+@pytest.mark.slow
 def test_vmapped_optimal_sigma_points_equal_their_single_runs(tmp_path):
   vmapped, alone = _train_both_ways(str(tmp_path), _smoke(optimal_sigma), SIGMA_POINTS)
   _assert_same_runs(vmapped, alone)
@@ -149,6 +152,7 @@ def test_vmapped_optimal_sigma_points_equal_their_single_runs(tmp_path):
   assert jax.tree.leaves(state), 'the optimal-sigma head keeps running statistics'
 
 
+@pytest.mark.slow
 def test_a_vmapped_point_is_evaluable_as_a_single_run(sos_runs):
   vmapped, _ = sos_runs
   config = checkpoints.load_config(vmapped[1].workdir)
@@ -213,6 +217,7 @@ def _wait_for(proc, pattern, timeout=600):
   raise AssertionError(f'{pattern!r} never appeared:\n' + ''.join(seen[-80:]))
 
 
+@pytest.mark.slow
 def test_interrupted_vmapped_sweep_resumes_to_the_uninterrupted_result(tmp_path):
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   workdir = tmp_path / 'interrupted'
@@ -270,6 +275,7 @@ def test_interrupted_vmapped_sweep_resumes_to_the_uninterrupted_result(tmp_path)
 # ----------------------------------------------------------------------------
 # Four CPU devices: models and images sharded over a (model, data) mesh.
 # ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vmapped_sweep_sharded_over_four_devices(sos_runs, tmp_path):
   _, alone = sos_runs
   sweep_file = tmp_path / 'points.py'

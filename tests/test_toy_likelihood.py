@@ -82,6 +82,7 @@ def test_its_config_check_and_field_names_reach_the_checker():
       config_checks.check_config(_config(4, scale=0.5), num_devices=1)
 
 
+@pytest.mark.slow
 def test_it_trains_freezes_its_variance_head_resumes_and_evaluates(tmp_path):
   run = train.setup(_config(4))
   initial = run.state.params['likelihood']

@@ -31,6 +31,7 @@ def _run(config, workdir):
     return train.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_sos_vae_smoke_run_writes_everything(tmp_path):
   config = _mock_config()
   state = _run(config, tmp_path)
@@ -47,6 +48,7 @@ def test_sos_vae_smoke_run_writes_everything(tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 
 
+@pytest.mark.slow
 def test_beta_vae_smoke_run_has_only_kl_multiplier(tmp_path):
   config = _mock_config(beta_vae)
   _run(config, tmp_path)
@@ -54,6 +56,7 @@ def test_beta_vae_smoke_run_has_only_kl_multiplier(tmp_path):
   assert 'multiplier_kl' in record and 'multiplier_entropy' not in record
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   straight = _run(_mock_config(num_steps=8), tmp_path / 'a')
   _run(_mock_config(num_steps=4), tmp_path / 'b')
@@ -77,6 +80,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
       assert rows['.']['metrics'][f'eval/{name}'] == (8, pytest.approx(last[name], rel=1e-6))
 
 
+@pytest.mark.slow
 def test_pretraining_freezes_variance_heads_then_releases_them():
   _, state, step = train_fixtures.smoke_step(pretrain_steps=2)
   batch = train_fixtures.random_batch(0)
@@ -93,6 +97,7 @@ def test_pretraining_freezes_variance_heads_then_releases_them():
   assert not np.array_equal(head(state), head(first))
 
 
+@pytest.mark.slow
 def test_step_updates_multipliers_by_reference_rule():
   """Inside the jitted step: lambda_kl' = max(0, lambda_kl + KL - xi_KL)."""
   config = default.get_config('smoke')
@@ -104,6 +109,7 @@ def test_step_updates_multipliers_by_reference_rule():
   assert float(new.multipliers['entropy']) == pytest.approx(expected_h, rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_variance_lr_scale_scales_only_variance_head_updates():
   batch = train_fixtures.random_batch(2)
   head = lambda s: np.asarray(s.params['likelihood']['factor']['factor_head']['kernel'])

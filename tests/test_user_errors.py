@@ -59,6 +59,7 @@ def _idx_folder(tmp_path, cut: bool):
      ["config.evaluation.sampler='flow': choose one of ('prior', 'gmm')"]),
 ], ids=['config_argument_typo', 'unknown_field', 'bad_value', 'missing_config_file',
         'pretraining_whole_run', 'evaluation_setting', 'evaluation_setting_dry_run'])
+@pytest.mark.slow
 def test_train_config_mistakes(tmp_path, args, parts):
   _assert_user_error(_command('experiments.main', f'--workdir={tmp_path / "run"}', *args),
                      *parts)
@@ -75,6 +76,7 @@ def test_truncated_idx_file(tmp_path):
       f'{folder}/train-images-idx3-ubyte[.gz]', 'EOFError', '--config.data.idx_dir')
 
 
+@pytest.mark.slow
 def test_image_folder_with_a_broken_and_a_wrongly_sized_file(tmp_path):
   folder = tmp_path / 'images'
   folder.mkdir()
@@ -97,6 +99,7 @@ def test_workdir_that_is_a_file(tmp_path):
                      'is a file, not a folder')
 
 
+@pytest.mark.slow
 def test_evaluate_figures_and_report_of_a_folder_that_is_no_run(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
@@ -111,6 +114,7 @@ def test_evaluate_figures_and_report_of_a_folder_that_is_no_run(tmp_path):
                               f'--out={tmp_path / "report"}'), 'is not a folder')
 
 
+@pytest.mark.slow
 def test_evaluate_and_figures_of_a_run_without_checkpoints(tmp_path):
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -131,6 +135,7 @@ def test_second_run_in_a_locked_workdir(tmp_path):
 
 
 # ------------------------------------------------------- more entry points
+@pytest.mark.slow
 def test_bad_local_device_ids(tmp_path):
   run = f'--workdir={tmp_path / "run"}'
   _assert_user_error(_command('experiments.main', SMOKE, run, '--local_device_ids=a'),
@@ -141,6 +146,7 @@ def test_bad_local_device_ids(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_damaged_config_json(tmp_path):
   """A run whose config.json is torn: resume, evaluate and figures name the file."""
   from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -157,6 +163,7 @@ def test_damaged_config_json(tmp_path):
     (lambda c: c['likelihood'].update(rank='three'), ["config.likelihood.rank='three'"]),
     (lambda c: c.pop('likelihood'), ['config.likelihood: the section is missing']),
 ], ids=['bad_value', 'missing_section'])
+@pytest.mark.slow
 def test_hand_edited_config_json_that_describes_no_model(tmp_path, edit, parts):
   """Evaluation and figures name config.json instead of failing inside the model."""
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
@@ -175,10 +182,12 @@ def test_hand_edited_config_json_that_describes_no_model(tmp_path, edit, parts):
     (['--ppca_examples=-1'], ['--ppca_examples=-1', 'not a positive integer']),
     (['--example=8'], ['example=8, num_samples=8', 'must be below --num_samples']),
 ], ids=['no_samples', 'negative_ppca_examples', 'example_beyond_samples'])
+@pytest.mark.slow
 def test_figures_flag_mistakes(tmp_path, args, parts):
   _assert_user_error(_command('experiments.figures', f'--workdir={tmp_path}', *args), *parts)
 
 
+@pytest.mark.slow
 def test_figures_of_a_file_or_into_a_file(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('')
@@ -191,6 +200,7 @@ def test_figures_of_a_file_or_into_a_file(tmp_path):
                               f'--out={a_file}'), f"--out='{a_file}' is a file")
 
 
+@pytest.mark.slow
 def test_figures_and_report_into_a_folder_that_cannot_be_created(tmp_path):
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   from sosvae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -219,6 +229,7 @@ def _untrained_run(run):
   return run
 
 
+@pytest.mark.slow
 def test_config_json_edited_into_another_model_than_its_checkpoints(tmp_path):
   run = _untrained_run(tmp_path / 'run')
   config = json.loads((run / 'config.json').read_text())
@@ -229,6 +240,7 @@ def test_config_json_edited_into_another_model_than_its_checkpoints(tmp_path):
                      'was config.json edited? Restore it')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(input_pipeline.DEFAULT_IDX_DIR),
                     reason='Debian dataset-fashion-mnist not installed')
 def test_classifier_cache_that_cannot_be_created_stops_before_training_it(tmp_path):
@@ -253,6 +265,7 @@ def test_report_of_results_that_hold_no_evaluation(tmp_path, text):
                      '--mode=evaluate')
 
 
+@pytest.mark.slow
 def test_config_file_without_get_config(tmp_path):
   for module, *args in (('experiments.main', f'--workdir={tmp_path / "run"}'),
                         ('experiments.sweep', f'--workdir={tmp_path / "sweep"}',
@@ -273,6 +286,7 @@ _FAILING_CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,case', [
     ('experiments.main', 'raises_on_import'), ('experiments.main', 'syntax_error'),
     ('experiments.main', 'get_config_raises'), ('experiments.sweep', 'syntax_error')])
@@ -285,6 +299,7 @@ def test_config_file_that_fails_to_load_names_its_line(tmp_path, module, case):
                      f'--config={path}: the config file', *parts, 'fix the file')
 
 
+@pytest.mark.slow
 def test_sweep_workdir_that_is_a_file(tmp_path):
   (tmp_path / 'sweep').write_text('')
   _assert_user_error(_command('experiments.sweep', SMOKE, f'--workdir={tmp_path / "sweep"}',

@@ -99,6 +99,7 @@ def test_config_json_keeps_the_first_launch(tmp_path):
   assert workdir_lib.effective_config(str(tmp_path))['num_steps'] == 100
 
 
+@pytest.mark.slow
 def test_relaunch_with_other_values_keeps_config_json_and_records_the_change(
     tmp_path, caplog):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
