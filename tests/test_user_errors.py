@@ -255,7 +255,7 @@ def test_classifier_cache_that_cannot_be_created_stops_before_training_it(tmp_pa
   assert 'Feature classifier training' not in err
 
 
-@pytest.mark.parametrize('text', ['{}', '[]'])
+@pytest.mark.parametrize('text', ['{}', '[]', '{"metrics": {"elbo": 1.0}}'])
 def test_report_of_results_that_hold_no_evaluation(tmp_path, text):
   (tmp_path / 'run' / 'eval').mkdir(parents=True)
   (tmp_path / 'run' / 'eval' / 'results.json').write_text(text)

@@ -48,6 +48,10 @@ SAMPLE_COLUMNS = 5
 RUNS_PER_ROW = 2
 
 
+# What a report reads of every results.json besides its metrics.
+_RUN_KEYS = ('likelihood', 'sampler', 'step')
+
+
 def _evaluate_command(workdir: str, sampler: str | None) -> str:
   extra = f' --config.evaluation.sampler={sampler}' if sampler else ''
   return f'`python -m experiments.main --mode=evaluate --workdir={workdir}{extra}`'
@@ -75,6 +79,10 @@ def load_results(workdir: str, sampler: str | None = None) -> dict[str, Any]:
   if not isinstance(results, dict) or not isinstance(results.get('metrics'), dict):
     raise ValueError(f'{path} holds no evaluation (no "metrics" object; edited by '
                      f'hand?): {again}')
+  missing = [key for key in _RUN_KEYS if key not in results]
+  if missing:
+    raise ValueError(f'{path} holds no evaluation of a run (no '
+                     f'{", ".join(repr(k) for k in missing)}; edited by hand?): {again}')
   return results
 
 
