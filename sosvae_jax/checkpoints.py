@@ -303,7 +303,15 @@ def _restore_params(manager, step: int, abstract_state) -> tuple[Any, Any]:
   checkpoint written before another TrainState field was added still gives
   its figures; a model without running statistics needs no model_state.
   """
-  saved = manager.restore(step, args=ocp.args.StandardRestore())
+  # The saved tree placed on one device of this process: without a target,
+  # orbax restores onto the devices it was saved from, and a run trained on
+  # 4 devices could not be read where there is 1.
+  device = jax.local_devices()[0]
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(device)),
+      manager.item_metadata(step))
+  saved = manager.restore(step, args=ocp.args.StandardRestore(target))
   restored = []
   for field in ('params', 'model_state'):
     abstract = getattr(abstract_state, field)
