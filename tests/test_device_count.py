@@ -17,20 +17,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+import train_fixtures
 
+from experiments.configs import default
 from sosvae_jax import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MOCK_MAIN = """
-import sys
-import tensorflow_datasets as tfds
-from absl import app
-from experiments import main
-with tfds.testing.mock_data(num_examples=64):
-  app.run(main.main, argv=[sys.argv[0]] + sys.argv[1:])
-"""
 NUM_STEPS = 6  # the smoke config: checkpoints at 3 and 6, batch 8
-LEARNING_RATE = 1e-3  # the smoke config's
+LEARNING_RATE = default.get_config('smoke').optimizer.learning_rate
 
 
 def _train(workdir: pathlib.Path, devices: int, num_steps: int) -> str:
@@ -38,7 +32,8 @@ def _train(workdir: pathlib.Path, devices: int, num_steps: int) -> str:
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                       f' --xla_force_host_platform_device_count={devices}').strip()
   proc = subprocess.run(
-      [sys.executable, '-c', MOCK_MAIN, '--config=experiments/configs/default.py:smoke',
+      [sys.executable, '-c', train_fixtures.MOCK_MAIN,
+       '--config=experiments/configs/default.py:smoke',
        '--config.data.source=tfds', f'--config.num_steps={num_steps}',
        f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=600)

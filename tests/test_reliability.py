@@ -24,14 +24,6 @@ from sosvae_jax import train
 from sosvae_jax import train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MOCK_MAIN = """
-import sys
-import tensorflow_datasets as tfds
-from absl import app
-from experiments import main
-with tfds.testing.mock_data(num_examples=64):
-  app.run(main.main, argv=[sys.argv[0]] + sys.argv[1:])
-"""
 
 
 def _config(**overrides):
@@ -127,7 +119,8 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path, caplog):
 
 # ---------------------------------------------------------------- signals
 def _start(workdir, *flags):
-  cmd = [sys.executable, '-c', MOCK_MAIN, '--config=experiments/configs/default.py:smoke',
+  cmd = [sys.executable, '-c', train_fixtures.MOCK_MAIN,
+         '--config=experiments/configs/default.py:smoke',
          f'--workdir={workdir}', '--config.data.source=tfds', *flags]
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

@@ -1,5 +1,5 @@
 """Shared test set-up: a smoke model with its state and jitted train step; a
-run's TensorBoard files read back."""
+run's TensorBoard files read back; experiments.main on tfds mock data."""
 
 import glob
 import os
@@ -11,6 +11,18 @@ import numpy as np
 
 from experiments.configs import default
 from sosvae_jax import train
+
+
+# `python -c MOCK_MAIN FLAGS...`: experiments.main with FLAGS on 64 tfds mock
+# images (pass --config.data.source=tfds).
+MOCK_MAIN = """
+import sys
+import tensorflow_datasets as tfds
+from absl import app
+from experiments import main
+with tfds.testing.mock_data(num_examples=64):
+  app.run(main.main, argv=[sys.argv[0]] + sys.argv[1:])
+"""
 
 
 def smoke_step(config=None, multiplier_lr=None, *, pretrain_steps=0,
