@@ -189,12 +189,14 @@ def write_report(workdirs: Sequence[str], out_dir: str,
   """
   if not workdirs:
     raise ValueError('no workdirs given: pass --workdirs=run_a,run_b')
-  results = [load_results(w, sampler) for w in workdirs]
-  names = list(names) if names else run_names(workdirs)
+  # The folder is checked first: it is cheap, and a bad --out is then named
+  # whatever the runs hold.
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ValueError(f'--out={out_dir!r} is a file, not a folder: pass a folder for '
                      'report.md and samples.png.')
   workdir_lib.make_folder(out_dir, '--out')
+  results = [load_results(w, sampler) for w in workdirs]
+  names = list(names) if names else run_names(workdirs)
   paths = {'markdown': os.path.join(out_dir, 'report.md'),
            'png': os.path.join(out_dir, 'samples.png')}
   workdir_lib.write_atomic(paths['markdown'], report_markdown(results, names))
