@@ -156,8 +156,9 @@ def init_states(configs: Sequence[ml_collections.ConfigDict],
           parts.constraints, {k: v.get('initial_multiplier', 0.0)
                               for k, v in c.constraints.items()})
       for c in configs])
-  init = jax.jit(jax.vmap(lambda r, lr, m: one(jax.random.wrap_key_data(r), lr, m)))
-  return init(roots, rates, multipliers)
+  return train_state_lib.call_init(
+      jax.vmap(lambda r, lr, m: one(jax.random.wrap_key_data(r), lr, m)),
+      roots, rates, multipliers)
 
 
 def restore_states(managers, states: TrainState, workdirs: Sequence[str]) -> TrainState:

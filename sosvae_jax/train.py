@@ -192,12 +192,14 @@ def step_function(config, parts: RunParts) -> Callable:
 def setup(config) -> RunSetup:
   """Model, optimizers, constraints, a fresh state and the step of `config`.
 
-  The state is built under jit from jax.random.key(config.seed); the step is
-  not jitted (the caller knows the shardings and what to donate).
+  The state is built by train_state.call_init from jax.random.key(config.seed);
+  the step is not jitted (the caller knows the shardings and what to donate).
   """
   parts = train_state_lib.build_parts(config)
-  init = jax.jit(functools.partial(train_state_lib.create_train_state, config, parts))
-  return RunSetup(parts, init(jax.random.key(config.seed)), step_function(config, parts))
+  state = train_state_lib.call_init(
+      functools.partial(train_state_lib.create_train_state, config, parts),
+      jax.random.key(config.seed))
+  return RunSetup(parts, state, step_function(config, parts))
 
 
 # ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sosvae_jax.models import build_model
 from sosvae_jax.models import get_likelihood
 from sosvae_jax.models import LIKELIHOODS
 from sosvae_jax.models import register_likelihood
+from sosvae_jax import train_state
 from sosvae_jax.models import variance_parameter_mask
 import train_fixtures
 
@@ -25,7 +26,9 @@ import train_fixtures
 def _init(config):
   model = build_model(config)
   x = jnp.full((2,) + tuple(config.data.image_shape), 0.3)
-  params = model.init({'params': jax.random.PRNGKey(0), 'sample': jax.random.PRNGKey(1)}, x)['params']
+  # Compiled once: op by op, flax's init compiles every layer's pieces apart.
+  params = train_state.call_init(
+      model.init, {'params': jax.random.PRNGKey(0), 'sample': jax.random.PRNGKey(1)}, x)['params']
   return model, params, x
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from experiments.configs import default
 from sosvae_jax import input_pipeline
+from sosvae_jax import train_state
 from sosvae_jax.models import build_model
 from sosvae_jax.models import likelihood_section
 
@@ -45,20 +46,25 @@ _FLOAT32_ONLY = ('cholesky', 'triangular_solve', 'log', 'log1p', 'exp', 'expm1',
 _BATCH = 2
 
 
-def _models(name: str):
-  """(float32 model, bfloat16 model, shared float32 variables, x)."""
+def _model(name: str, dtype: str):
+  """(model of the smoke config with likelihood `name` computing in dtype, x)."""
   config = default.get_config('smoke')
   config.likelihood = ml_collections.ConfigDict(likelihood_section(name, config.likelihood, 1))
   # Heads with visible weights, so the network output shapes the likelihood.
   config.likelihood.head_init_stddev = 0.05
+  config.model.dtype = dtype
   x = input_pipeline.preprocess(jnp.asarray(np.random.default_rng(0).integers(
       0, 256, (_BATCH,) + tuple(config.data.image_shape), dtype=np.uint8)))
-  model32 = build_model(config)
-  variables = jax.jit(model32.init)(
-      {'params': jax.random.PRNGKey(0), 'sample': jax.random.PRNGKey(1)}, x)
+  return build_model(config), x
+
+
+def _models(name: str):
+  """(float32 model, bfloat16 model, shared float32 variables, x)."""
+  model32, x = _model(name, 'float32')
+  variables = train_state.call_init(
+      model32.init, {'params': jax.random.PRNGKey(0), 'sample': jax.random.PRNGKey(1)}, x)
   variables = {k: v for k, v in variables.items() if k not in ('penalties',)}
-  config.model.dtype = 'bfloat16'
-  return model32, build_model(config), variables, x
+  return model32, _model(name, 'bfloat16')[0], variables, x
 
 
 def _log_likelihood(model, variables, x):
@@ -108,9 +114,7 @@ def _case(name: str) -> dict:
     _CACHE[name] = dict(
         ll32=jax.jit(lambda v: _log_likelihood(model32, v, x))(variables),
         ll16=jax.jit(lambda v: _log_likelihood(model16, v, x))(variables),
-        jaxpr=jax.make_jaxpr(lambda v: _log_likelihood(model16, v, x))(variables).jaxpr,
-        params16=jax.eval_shape(model16.init, {'params': jax.random.PRNGKey(0),
-                                               'sample': jax.random.PRNGKey(1)}, x)['params'])
+        jaxpr=jax.make_jaxpr(lambda v: _log_likelihood(model16, v, x))(variables).jaxpr)
   return _CACHE[name]
 
 
@@ -142,5 +146,8 @@ def test_likelihood_maths_stays_float32(name):
 def test_bfloat16_params_stay_float32():
   # Only the computation is bfloat16: parameters (and so the optimizer
   # state and checkpoints) stay float32.
-  dtypes = {str(p.dtype) for p in jax.tree.leaves(_case('lowrank_gaussian')['params16'])}
+  model16, x = _model('lowrank_gaussian', 'bfloat16')
+  params16 = jax.eval_shape(model16.init, {'params': jax.random.PRNGKey(0),
+                                           'sample': jax.random.PRNGKey(1)}, x)['params']
+  dtypes = {str(p.dtype) for p in jax.tree.leaves(params16)}
   assert dtypes == {'float32'}, dtypes
