@@ -15,10 +15,11 @@ Exit codes (a scheduler or a script can tell these apart):
      file keeps its previous whole version and the latest complete
      checkpoint stays restorable, so once there is room the same command
      resumes.
-  130  interrupted where nothing could be saved: a second Ctrl-C while the
-     last checkpoint is written, or Ctrl-C in a one-process run before its
-     train loop (a multi-process run stops at the loop's first step: 4);
-     the last complete checkpoint is kept.
+  130  interrupted where nothing could be saved: Ctrl-C while the command
+     starts (experiments/quiet_start.py), a second Ctrl-C while the last
+     checkpoint is written, or Ctrl-C in a one-process run before its train
+     loop (a multi-process run stops at the loop's first step: 4); the last
+     complete checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import quiet_start
+
 USER_ERROR = 2
 NON_FINITE = 3
 STOPPED_EARLY = 4
 WRITE_FAILED = 5
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd process
+INTERRUPTED = quiet_start.INTERRUPTED
 
 
 # The DEFINE_* below are the calling entry point's flags (its --helpshort).
@@ -166,6 +169,7 @@ def interrupt_ends_quietly(what: str):
   INTERRUPTED instead of a KeyboardInterrupt traceback. For commands that
   only read a run (evaluation, figures, reports): they keep nothing that a
   rerun would not redo."""
+  quiet_start.handled()
   try:
     yield
   except KeyboardInterrupt:

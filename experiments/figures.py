@@ -7,6 +7,8 @@ Writes figure2.png, figure4.png ... figure7.png and figure7.json (see
 sosvae_jax/figures.py); figures 4-7 only for the low-rank likelihood.
 """
 
+# First: a Ctrl-C during the imports below ends the command quietly.
+from experiments import quiet_start  # pylint: disable=unused-import,g-bad-import-order
 import os
 
 from absl import app

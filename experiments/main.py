@@ -13,6 +13,8 @@ pre-emption with a checkpoint written (rerun the same command to resume), 5 a
 file or checkpoint could not be written (disk full: free space, then rerun).
 """
 
+# First: a Ctrl-C during the imports below ends the command quietly.
+from experiments import quiet_start  # pylint: disable=g-bad-import-order
 import sys
 
 from absl import app
@@ -91,6 +93,7 @@ def main(argv):
     if problems:
       cli.fail('\n'.join(problems), cli.USER_ERROR)
     return
+  quiet_start.handled()  # from here a Ctrl-C is caught below, or saved by the train loop
   try:
     settings.check_section(FLAGS.config)
     with cli.write_failure_ends_quietly():

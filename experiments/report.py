@@ -9,6 +9,8 @@ metrics, classifier / Inception FID of means and of samples, coherence) and
 samples.png (the runs' generated means and samples side by side).
 """
 
+# First: a Ctrl-C during the imports below ends the command quietly.
+from experiments import quiet_start  # pylint: disable=unused-import,g-bad-import-order
 from absl import app
 from absl import flags
 

@@ -17,6 +17,8 @@ could not be written (disk full: free space, then rerun).
 The logic lives in sosvae_jax/sweep.py.
 """
 
+# First: a Ctrl-C during the imports below ends the command quietly.
+from experiments import quiet_start  # pylint: disable=g-bad-import-order
 import os
 import sys
 
@@ -85,6 +87,7 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required.', exitcode=cli.USER_ERROR)
   logs.setup()
+  quiet_start.handled()  # each point's train loop saves a checkpoint on Ctrl-C
   if argv[1:] == ['collect']:
     try:
       with cli.write_failure_ends_quietly():

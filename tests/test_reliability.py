@@ -459,3 +459,27 @@ def test_nonfinite_message_carries_the_diagnosis(tmp_path):
     train._check_nonfinite(3, 10, 3, manager, broken)
   assert 'Cause found' not in str(info.value)
   manager.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('module', ['experiments.main', 'experiments.sweep',
+                                    'experiments.figures', 'experiments.report'])
+def test_ctrl_c_while_a_command_starts_ends_it_with_130_and_one_line(tmp_path, module):
+  flags = {'experiments.main': ['--config=experiments/configs/default.py:smoke'],
+           'experiments.sweep': ['--config=experiments/configs/default.py:smoke',
+                                 '--grid=seed=0,1'],
+           'experiments.figures': [],
+           'experiments.report': ['--workdirs=a,b', f'--out={tmp_path / "report"}']}[module]
+  # Moments inside the imports, which take seconds (jax, distrax, tfp).
+  for delay in (0.2, 0.5, 0.9):
+    proc = subprocess.Popen([sys.executable, '-m', module, f'--workdir={tmp_path / "run"}',
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (delay, err[-3000:])
+    assert 'Interrupted (Ctrl-C) while the command was starting' in err, (delay, err)
+    assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, (delay, err)
+    assert not (tmp_path / 'run').exists()
