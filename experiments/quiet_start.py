@@ -1,9 +1,10 @@
 """Ctrl-C while a command starts ends it at once: exit code 130 and one line.
 
 Python's own handler would print a KeyboardInterrupt traceback from whichever
-import, flag parser or config file was running, and in
-`jax.distributed.initialize` a process would wait for the coordinator first.
-Nothing is written while a command starts, so there is nothing to save.
+import, flag parser or config file was running. Nothing is written while a
+command starts, so there is nothing to save. (Like every Python handler, this
+one runs when the interpreter regains control: a call blocked in C++, such as
+`jax.distributed.initialize` waiting for its coordinator, ends first.)
 
 Importing this module installs the handler when the program is one of the
 commands of experiments/ run as a script (`python -m experiments.<name>`);
