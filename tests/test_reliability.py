@@ -141,10 +141,6 @@ def _checkpoints(workdir):
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
 
 
-LONG = ['--config.num_steps=1500', '--config.checkpoint_every_steps=100',
-        '--config.log_every_steps=50', '--config.eval_every_steps=1500']
-
-
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   proc = _start(tmp_path, '--config.num_steps=100000', '--config.checkpoint_every_steps=100000',
@@ -156,24 +152,6 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   assert 'Stopped by SIGTERM: checkpoint written at step' in err
   steps = _checkpoints(tmp_path)
   assert len(steps) == 1 and 0 < steps[0] < 100000
-
-
-@pytest.mark.slow
-def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path):
-  config = _config(**{'num_steps': 1500, 'checkpoint_every_steps': 100,
-                      'log_every_steps': 50, 'eval_every_steps': 1500})
-  reference = _run(config, tmp_path / 'reference')
-  proc = _start(tmp_path / 'killed', *LONG)
-  _wait_for(lambda: len(_checkpoints(tmp_path / 'killed')) >= 1, proc)
-  proc.kill()  # SIGKILL: no handler runs
-  proc.communicate()
-  assert _checkpoints(tmp_path / 'killed')[-1] < 1500, 'the run finished before the kill'
-  again = _start(tmp_path / 'killed', *LONG)
-  _, err = again.communicate(timeout=600)
-  assert again.returncode == 0, err[-3000:]
-  assert 'Resumed from checkpoint at step' in err
-  resumed = _restore(str(tmp_path / 'killed'), 1500, reference)
-  _assert_same(reference, resumed)
 
 
 @pytest.mark.slow
