@@ -211,9 +211,10 @@ def create_train_state(config, parts: RunParts, root: Array) -> TrainState:
 
 
 # Initialisation is threefry hashing plus a few float transforms, run once per
-# model. XLA:CPU's optimising backend takes 8-15 s to compile it (more than
-# the train step); its lowest level about 2 s, with initial values that differ
-# from the optimised program's by at most 2 ulp in a few per cent of entries.
+# model. XLA:CPU compiles it 1.6-2.8x faster at its lowest level (2-3 s
+# against 4-15 s on 2 cores; benchmarks/init_compile_benchmark.py), and the
+# initial values then differ from the optimised program's in about 4 % of
+# entries, by at most 4 ulp.
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
