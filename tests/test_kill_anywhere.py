@@ -192,7 +192,7 @@ def test_loop_mode_sweep_killed_at_random_moments_equals_the_uninterrupted_sweep
   # progress of the two points together (steps summed over both).
   moments = [lambda t, at=rng.uniform(0.2, 4.0): t >= at]
   moments += [lambda t, at=at: progress() >= at
-              for at in np.sort(rng.integers(20, 2 * 220, size=3))]
+              for at in np.sort(rng.integers(20, 2 * 180, size=3))]
   for ready in moments:
     assert _kill_when([sys.executable, *SWEEP, f'--workdir={killed}'], ready,
                       delay=float(rng.uniform(0, 0.05))), 'the sweep ended before the kill'
