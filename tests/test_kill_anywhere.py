@@ -10,9 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -69,14 +69,17 @@ def _writing_a_checkpoint(workdir, since: float) -> bool:
 def _kill_when(cmd, ready, *, delay=0.0, timeout=600) -> bool:
   """Starts cmd, SIGKILLs it `delay` s after `ready()` holds; False if it
   ended first (then nothing was killed)."""
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=_env())
+  # The log goes to a file: a pipe nobody reads while waiting would fill
+  # and stall the run.
+  log = tempfile.TemporaryFile('w+')
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                          env=_env())
   start = time.time()
   try:
     while not ready(time.time() - start):
       if proc.poll() is not None:
-        err = proc.stderr.read()
-        assert proc.returncode == 0, err[-3000:]
+        log.seek(0)
+        assert proc.returncode == 0, log.read()[-3000:]
         return False
       assert time.time() - start < timeout, 'the moment never came'
       time.sleep(0.005)
@@ -84,11 +87,11 @@ def _kill_when(cmd, ready, *, delay=0.0, timeout=600) -> bool:
     if proc.poll() is not None:
       return False
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     return True
   finally:
     proc.kill()
-    proc.stderr.close()
+    log.close()
 
 
 def _assert_files_whole(folder):
@@ -111,8 +114,7 @@ def _records(workdir):
 def _assert_same_run(workdir, reference):
   a, b = checkpoints.restore_run(str(workdir)), checkpoints.restore_run(str(reference))
   assert a.step == b.step
-  flat = lambda run: np.concatenate([np.ravel(x) for x in jax.tree.leaves(run.params)])
-  np.testing.assert_array_equal(flat(a), flat(b))
+  np.testing.assert_array_equal(train_fixtures.flat(a.params), train_fixtures.flat(b.params))
   assert _records(workdir) == _records(reference)
 
 

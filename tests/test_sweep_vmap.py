@@ -54,18 +54,13 @@ def _smoke(module, **fields):
   return config
 
 
-def _flat(tree) -> np.ndarray:
-  return np.concatenate([np.zeros(0)] + [np.ravel(np.asarray(x, np.float64))
-                                         for x in jax.tree.leaves(tree)])
-
-
 def _final(workdir):
   """(params, model_state, last train record, last eval record) of a run."""
   run = checkpoints.restore_run(workdir)
   records = metric_writers.read_metrics(workdir)
   train = [r for r in records if r['split'] == 'train'][-1]
   evals = [r for r in records if r['split'] == 'eval'][-1]
-  return _flat(run.params), _flat(run.model_state or {}), train, evals, run.step
+  return train_fixtures.flat(run.params), train_fixtures.flat(run.model_state or {}), train, evals, run.step
 
 
 def _train_both_ways(root, base, overrides):

@@ -45,6 +45,13 @@ def smoke_step(config=None, multiplier_lr=None, *, pretrain_steps=0,
   return config, run.state, jax.jit(run.step)
 
 
+def flat(tree) -> np.ndarray:
+  """Every leaf of a pytree of arrays, raveled and joined, in float64 (exact
+  for float32 leaves)."""
+  return np.concatenate([np.zeros(0)] + [np.ravel(np.asarray(x, np.float64))
+                                         for x in jax.tree.leaves(tree)])
+
+
 def random_batch(seed: int, batch_size: int = 8, shape=(28, 28, 1)) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch_size,) + tuple(shape),
                                                           dtype=np.uint8))
